@@ -1,0 +1,155 @@
+"""The CIFAR ResNets of He et al. as ODE discretisations.
+
+Depth 6n+2 (basic, preact) or 9n+2 (bottleneck): a 3×3 stem, three stages of n blocks
+at widths w, 2w, 4w (×4 for bottleneck), global average pooling and a linear classifier.
+Within a stage the blocks are the steps of one ``ODEBlock``; the first block of a stage
+that changes the width or resolution is a ``Transition`` (shortcut option A: zero-pad
+identity; B: 1×1 projection).
+
+With ``block="basic", shortcut="A"`` the parameter counts are those of He et al. (2015),
+Table 6: 0.27M (20), 0.46M (32), 0.66M (44), 0.85M (56), 1.7M (110), 19.4M (1202).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import nn
+
+from odenet.blocks import ODEBlock
+from odenet.depth import WeightSharing, depth_field
+from odenet.fields import BasicConvField, BottleneckField, Norm, PreActConvField, make_norm
+from odenet.models.common import ResidualNetwork, Transition, ZeroPadShortcut, check_step_size
+from odenet.solvers import Method, get_method
+from odenet.tableaus import ButcherTableau
+
+__all__ = ["BLOCKS", "cifar_resnet", "valid_depths"]
+
+Block = Literal["basic", "preact", "bottleneck"]
+BLOCKS: dict[str, tuple[type[nn.Module], int]] = {
+    # name: (field class, layers per block — depth is layers·3n + 2)
+    "basic": (BasicConvField, 2),
+    "preact": (PreActConvField, 2),
+    "bottleneck": (BottleneckField, 3),
+}
+
+
+def valid_depths(block: str = "preact", up_to: int = 1202) -> list[int]:
+    """Depths the family admits: 6n+2 (basic, preact) or 9n+2 (bottleneck), n ≥ 1."""
+    per = 3 * BLOCKS[block][1]
+    return list(range(per + 2, up_to + 1, per))
+
+
+def _blocks_per_stage(depth: int, block: str) -> int:
+    per = 3 * BLOCKS[block][1]
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < per + 2 or (depth - 2) % per:
+        form = f"{per}n+2"
+        if isinstance(depth, int) and not isinstance(depth, bool) and depth >= 1:
+            below = max(per + 2, depth - (depth - 2) % per)
+            above = below + per if below < depth else below
+            hint = f"; nearest valid depths are {below} and {above}" if below != above else f"; try {below}"
+        else:
+            hint = f"; the smallest is {per + 2}"
+        raise ValueError(f"depth {depth!r} is not {form} (n ≥ 1) for block={block!r}{hint}")
+    return (depth - 2) // per
+
+
+def cifar_resnet(
+    depth: int,
+    solver: str | ButcherTableau | Method = "euler",
+    block: Block = "preact",
+    residual: bool = True,
+    step_size: float = 1.0,
+    shortcut: Literal["A", "B"] = "A",
+    num_classes: int = 10,
+    in_channels: int = 3,
+    width: int = 16,
+    *,
+    weights: WeightSharing = "per_step",
+    norm: Norm = "batch",
+    time: bool = False,
+    rtol: float = 1e-3,
+    atol: float = 1e-4,
+    adjoint: bool = False,
+) -> ResidualNetwork:
+    """A CIFAR ResNet whose blocks are steps of ``solver`` with step size ``step_size``.
+
+    depth: 6n+2 for ``"basic"``/``"preact"``, 9n+2 for ``"bottleneck"``.
+    block: ``"preact"`` (He et al. 2016; x + h·F(x) is exactly an Euler step),
+        ``"basic"`` (He et al. 2015; ReLU after the sum — a projected Euler step, so
+        Euler only), ``"bottleneck"`` (pre-activation 1×1/3×3/1×1).
+    residual: ``False`` builds the plain twin (no skip connections, He et al. 2015).
+    weights: ``"per_step"`` (a discrete ResNet), ``"shared"`` (one field per stage, an
+        autonomous ODE) or ``"interpolated"`` (continuous in depth).
+    x: (batch, in_channels, H, W) → logits (batch, num_classes).
+    """
+    if block not in BLOCKS:
+        raise ValueError(f"unknown block {block!r}; choose one of: {', '.join(BLOCKS)}")
+    n = _blocks_per_stage(depth, block)
+    method = get_method(solver)
+    h = check_step_size(step_size)
+    if shortcut not in ("A", "B"):
+        raise ValueError(f"shortcut must be 'A' (zero-padding identity) or 'B' (1×1 projection), got {shortcut!r}")
+    if block == "basic" and method.tableau.stages != 1:
+        raise ValueError(
+            f"block='basic' applies a ReLU after each sum (a projected Euler step) and is valid "
+            f"with solver='euler' only, not {method.name!r}; use block='preact' for other solvers"
+        )
+    for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    field_cls, _ = BLOCKS[block]
+    expansion = BottleneckField.expansion if block == "bottleneck" else 1
+    post = block == "basic"
+
+    def field(cin: int, cout: int, stride: int = 1) -> nn.Module:
+        return field_cls(cin, cout, stride=stride, norm=norm, time=time)
+
+    def projection() -> nn.Module | None:
+        return nn.ReLU() if post else None
+
+    stem: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1, bias=False)]
+    if post:
+        stem += [make_norm(norm, width), nn.ReLU()]
+
+    body: list[nn.Module] = []
+    channels = width
+    for stage in range(3):
+        out = width * 2**stage * expansion
+        stride = 1 if stage == 0 else 2
+        steps = n
+        if channels != out or stride != 1:
+            if shortcut == "A":
+                sc: nn.Module = ZeroPadShortcut(channels, out, stride)
+            else:
+                sc = nn.Conv2d(channels, out, 1, stride=stride, bias=False)
+                if post:
+                    sc = nn.Sequential(sc, make_norm(norm, out))
+            body.append(Transition(field(channels, out, stride), sc, h, residual, projection()))
+            steps -= 1
+            channels = out
+        if steps:
+
+            def step_field(c: int = channels) -> nn.Module:
+                return field(c, c)
+
+            body.append(
+                ODEBlock(
+                    depth_field(step_field, steps, steps * h, weights),
+                    solver=method,
+                    steps=steps,
+                    step_size=h,
+                    rtol=rtol,
+                    atol=atol,
+                    adjoint=adjoint,
+                    residual=residual,
+                    projection=projection(),
+                )
+            )
+
+    head: list[nn.Module] = []
+    if not post:  # pre-activation nets end with BN–ReLU before pooling (He et al. 2016)
+        head += [make_norm(norm, channels), nn.ReLU()]
+    head += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)]
+    return ResidualNetwork(nn.Sequential(*stem), nn.Sequential(*body), nn.Sequential(*head))

@@ -1,0 +1,58 @@
+"""MLP ResNets for vector data (MNIST-1D, concentric spheres, spirals)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from odenet.blocks import ODEBlock
+from odenet.depth import WeightSharing, depth_field
+from odenet.fields import MLPField
+from odenet.models.common import ResidualNetwork, check_step_size
+from odenet.solvers import Method
+from odenet.tableaus import ButcherTableau
+
+__all__ = ["mlp_resnet"]
+
+
+def mlp_resnet(
+    in_features: int,
+    num_classes: int,
+    depth: int = 8,
+    width: int = 64,
+    hidden: int | None = None,
+    solver: str | ButcherTableau | Method = "euler",
+    step_size: float = 1.0,
+    residual: bool = True,
+    *,
+    weights: WeightSharing = "per_step",
+    activation: str = "relu",
+    norm: str = "none",
+    time: bool = False,
+    rtol: float = 1e-3,
+    atol: float = 1e-4,
+    adjoint: bool = False,
+) -> ResidualNetwork:
+    """Linear lift to ``width`` features → ``depth`` steps of an MLP field → linear classifier.
+
+    depth: the number of residual blocks (solver steps). x: (batch, in_features) →
+    logits (batch, num_classes).
+    """
+    for name, value in (("in_features", in_features), ("num_classes", num_classes), ("depth", depth), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    h = check_step_size(step_size)
+
+    def make() -> nn.Module:
+        return MLPField(width, hidden, activation=activation, norm=norm, time=time)  # type: ignore[arg-type]
+
+    block = ODEBlock(
+        depth_field(make, depth, depth * h, weights),
+        solver,
+        steps=depth,
+        step_size=h,
+        rtol=rtol,
+        atol=atol,
+        adjoint=adjoint,
+        residual=residual,
+    )
+    return ResidualNetwork(nn.Linear(in_features, width), nn.Sequential(block), nn.Linear(width, num_classes))
