@@ -1,0 +1,1 @@
+"""The ``odenet`` command line: thin Click commands over the odenet library."""

@@ -1,0 +1,38 @@
+"""``odenet``: the command-line entry point.
+
+Each command parses and validates its options, calls one library function and reports.
+No numerics live here.
+"""
+
+from __future__ import annotations
+
+import click
+
+from odenet import __version__
+from odenet.solvers import METHODS
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="odenet")
+def main() -> None:
+    """Deep residual networks as discretised ODEs.
+
+    A residual block is one step of an ODE solver: x_{k+1} = x_k + h·F_k(x_k).
+    """
+
+
+@main.command()
+@click.option("--adaptive/--fixed", default=None, help="Show only adaptive or only fixed-step methods.")
+def solvers(adaptive: bool | None) -> None:
+    """List every integration method: order, stages, and whether it is adaptive."""
+    rows = [m for m in METHODS.values() if adaptive is None or m.adaptive == adaptive]
+    click.echo(f"{'solver':<14} {'order':>5} {'stages':>6}  {'adaptive':<8}  description")
+    for m in rows:
+        click.echo(
+            f"{m.name:<14} {m.order:>5} {m.stages:>6}  {'yes' if m.adaptive else 'no':<8}  "
+            f"{m.description.split('.')[0]}"
+        )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
