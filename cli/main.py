@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from cli.run import run
 from odenet import __version__
 from odenet.solvers import METHODS
 
@@ -33,6 +34,8 @@ def solvers(adaptive: bool | None) -> None:
             f"{m.description.split('.')[0]}"
         )
 
+
+main.add_command(run)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
