@@ -77,7 +77,7 @@ def writable_file(ctx: click.Context, param: click.Parameter, value: Path | None
 )
 @click.option("--download", is_flag=True, help="Let torchvision download missing files (needs network).")
 @click.option("--epochs", type=click.IntRange(min=1), default=15, help="Training epochs.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, help="Mini-batch size.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Mini-batch size.")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", help="Optimiser.")
 @click.option("--lr", type=POSITIVE, default=0.1, help="(Peak) learning rate.")
 @click.option("--momentum", type=click.FloatRange(min=0), default=0.9, help="SGD momentum (Nesterov).")

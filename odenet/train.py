@@ -53,7 +53,7 @@ class TrainConfig:
     """
 
     epochs: int = 15
-    batch_size: int = 128
+    batch_size: int = 64
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
