@@ -40,7 +40,8 @@ def valid_depths(block: str = "preact", up_to: int = 1202) -> list[int]:
     return list(range(per + 2, up_to + 1, per))
 
 
-def _blocks_per_stage(depth: int, block: str) -> int:
+def blocks_per_stage(depth: int, block: str) -> int:
+    """n for a depth of 6n+2 (9n+2 for bottleneck); a ValueError naming valid depths otherwise."""
     per = 3 * BLOCKS[block][1]
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < per + 2 or (depth - 2) % per:
         form = f"{per}n+2"
@@ -85,7 +86,7 @@ def cifar_resnet(
     """
     if block not in BLOCKS:
         raise ValueError(f"unknown block {block!r}; choose one of: {', '.join(BLOCKS)}")
-    n = _blocks_per_stage(depth, block)
+    n = blocks_per_stage(depth, block)
     method = get_method(solver)
     h = check_step_size(step_size)
     if shortcut not in ("A", "B"):
