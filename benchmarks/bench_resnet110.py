@@ -34,6 +34,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from timing import NOISY, load_average, spread, sync
 from torch import Tensor, nn
 
 import odenet
@@ -41,7 +42,6 @@ from odenet.models import cifar_resnet
 
 EXPECTED_PARAMETERS = 1_727_962
 TARGET = 0.97
-NOISY = 1.2  # upper/lower quartile ratio above which a series is flagged as disturbed
 
 
 # ----------------------------------------------------------------- the hand-written model
@@ -124,25 +124,6 @@ def copy_weights(source: nn.Module, target: nn.Module) -> None:
         for s, d in zip(src, dst, strict=True):
             assert s.shape == d.shape, f"{kind}: shape {tuple(s.shape)} vs {tuple(d.shape)}"
             d.copy_(s)
-
-
-def spread(ts: list[float]) -> float:
-    """Upper over lower quartile: near 1 on a quiet machine, large when something else ran."""
-    q = statistics.quantiles(ts, n=4)
-    return q[2] / q[0]
-
-
-def load_average() -> str:
-    """The 1-minute load average (other work on the machine inflates timings), if known."""
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except (AttributeError, OSError):
-        return "n/a"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_step(model: nn.Module, x: Tensor, y: Tensor, lr: float):

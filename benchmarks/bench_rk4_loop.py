@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from timing import NOISY, load_average, spread, sync
 from torch import Tensor, nn
 from torchdiffeq import odeint
 
@@ -46,7 +47,6 @@ import odenet
 from odenet import ODEBlock
 
 TARGET = 1.5
-NOISY = 1.2  # upper/lower quartile ratio above which a series is flagged as disturbed
 # float32, relative to the solution's size: 100 steps of rounding in a different operation
 # order (odenet fuses each multiply-add) stay within a few 1e-6; float64 below is decisive.
 MATCH_TOL = 1e-5
@@ -62,19 +62,6 @@ class MLP(nn.Module):
 
     def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
         return self.fc2(torch.tanh(self.fc1(x)))
-
-
-def load_average() -> str:
-    """The 1-minute load average (other work on the machine inflates timings), if known."""
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except (AttributeError, OSError):
-        return "n/a"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def race(
@@ -94,12 +81,6 @@ def race(
             sync(device)
             times[name].append(time.perf_counter() - start)
     return times
-
-
-def spread(ts: list[float]) -> float:
-    """Upper over lower quartile: near 1 on a quiet machine, large when something else ran."""
-    q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
-    return q[2] / q[0]
 
 
 def report(title: str, times: dict[str, list[float]], reference: str = "torchdiffeq") -> dict[str, float]:

@@ -232,7 +232,8 @@ def train(
                 nfe_b += sum(b.nfe_backward for b in blocks)
                 bar.update()
                 if not bar.disable and step % refresh == 0:  # a host read only for the display
-                    bar.set_postfix(loss=f"{loss_sum.item() / (step * config.batch_size):.3f}")
+                    seen = min(step * config.batch_size, len(data.y_train))
+                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
         except SolverError as err:
             bar.close()
             _diverge(history, epoch, f"solver failed: {err}")
