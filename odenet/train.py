@@ -212,6 +212,7 @@ def train(
         # disable=None: tqdm shows the bar only when stderr is a terminal.
         bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{config.epochs}", leave=False, unit="batch",
                    disable=None if progress is None else not progress)  # fmt: skip
+        shown = not bar.disable  # tqdm sets disable on close()
         try:
             for step, (xb, yb) in enumerate(batches(data.x_train, data.y_train, config.batch_size, generator), 1):
                 if data.augment == "crop_flip":
@@ -231,7 +232,7 @@ def train(
                 nfe_f += sum(b.nfe_forward for b in blocks)
                 nfe_b += sum(b.nfe_backward for b in blocks)
                 bar.update()
-                if not bar.disable and step % refresh == 0:  # a host read only for the display
+                if shown and step % refresh == 0:  # a host read only for the display
                     seen = min(step * config.batch_size, len(data.y_train))
                     bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
         except SolverError as err:
@@ -257,7 +258,7 @@ def train(
         history.nfe_forward.append(nfe_f / n_batches)
         history.nfe_backward.append(nfe_b / n_batches)
         history.grad_norm.append(grad_sum.item() / n_batches)
-        if not bar.disable:
+        if shown:
             tqdm.write(
                 f"epoch {epoch:>3}: train loss {train_loss:.4f} acc {history.train_accuracy[-1]:.4f} | "
                 f"test loss {test_loss:.4f} acc {test_acc:.4f}"
