@@ -12,7 +12,7 @@ from odenet.data import DATASETS, IMAGE_DATASETS, DataError
 from odenet.experiment import ModelConfig, RunConfig, run_experiment, save_history
 from odenet.models.cifar import BLOCKS, blocks_per_stage
 from odenet.solvers import get_method, method_names
-from odenet.train import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig, save_checkpoint
+from odenet.train import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig, resolve_device, save_checkpoint
 
 POSITIVE = click.FloatRange(min=0, min_open=True)
 
@@ -173,13 +173,7 @@ def _config(opts: dict[str, Any]) -> RunConfig:
             )
         if model.adjoint and not method.adaptive:
             raise ValueError(f"--adjoint needs an adaptive solver (dopri5, …), not {method.name}")
-        if train.device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ValueError(
-                    "--device cuda was asked for but no CUDA device is available; use --device cpu or auto"
-                )
+        resolve_device(train.device)
     except ValueError as err:
         raise click.UsageError(str(err)) from None
     return config

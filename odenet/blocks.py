@@ -113,11 +113,10 @@ class ODEBlock(nn.Module):
                 "use the pre-activation block for other solvers"
             )
         horizon = steps * float(step_size)
-        field_horizon = getattr(field, "horizon", None)
-        if field_horizon is not None and not math.isclose(field_horizon, horizon, rel_tol=1e-9):
+        if isinstance(field, StepwiseField) and not math.isclose(field.horizon, horizon, rel_tol=1e-9):
             raise ValueError(
-                f"the field's weights span [0, {field_horizon:g}] but the block integrates over "
-                f"[0, {horizon:g}] ({steps} steps of {step_size:g}); choose steps·step_size = {field_horizon:g}"
+                f"the field's weights span [0, {field.horizon:g}] but the block integrates over "
+                f"[0, {horizon:g}] ({steps} steps of {step_size:g}); choose steps·step_size = {field.horizon:g}"
             )
         self.field = field
         self.method = method

@@ -236,10 +236,10 @@ def train(
                     seen = min(step * config.batch_size, len(data.y_train))
                     bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
         except SolverError as err:
-            bar.close()
             _diverge(history, epoch, f"solver failed: {err}")
             break
-        bar.close()
+        finally:
+            bar.close()
         train_loss = loss_sum.item() / len(data.y_train)
         if not math.isfinite(train_loss):
             _diverge(history, epoch, "non-finite training loss")
