@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import click
 
+from cli.plot import plot
 from cli.run import run
+from cli.study import study
 from odenet import __version__
 from odenet.solvers import METHODS
 
@@ -36,6 +38,8 @@ def solvers(adaptive: bool | None) -> None:
 
 
 main.add_command(run)
+main.add_command(study)
+main.add_command(plot)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

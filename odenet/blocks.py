@@ -194,32 +194,50 @@ class ODEBlock(nn.Module):
             return self.field.at(t + 0.5 * self.step_size)
         return self.field
 
-    def _fixed(self, x: Tensor) -> Tensor:
+    def field_at_step(self, n: int) -> Callable[[Tensor | float, Tensor], Tensor]:
+        """The field F_n that governs step n (0-based), called as ``F_n(t, x)``."""
+        return self._field_for_step(n * self.step_size)
+
+    def step(self, x: Tensor, n: int) -> Tensor:
+        """One fixed step: the state after step n (0-based) from the state x before it.
+
+        Chaining ``step`` for n = 0 … steps − 1 reproduces ``forward`` exactly; probes use
+        it to look at the state between blocks.
+        """
+        if self.method.adaptive:
+            raise ValueError(f"step() is defined for fixed-step solvers; {self.method.name!r} is adaptive")
+        t = n * self.step_size
+        return self._advance(self._field_for_step(t), t, x)
+
+    def _advance(self, f: Callable[[Tensor | float, Tensor], Tensor], t: float, x: Tensor) -> Tensor:
         # Each tableau term is one fused multiply-add, torch.add(a, b, alpha=w): at small
         # sizes the cost of a step is its operator count, so a*b + c as two ops is not free.
         h = self.step_size
-        stages, weights = self._stages, self._weights
+        k: list[Tensor] = []
+        for stage in self._stages:
+            xi = x
+            for j, ahij in stage.terms:
+                xi = torch.add(xi, k[j], alpha=ahij)
+            k.append(f(t + stage.dt, xi))
+        weights = self._weights
+        if self.residual:
+            for i, bi in weights:
+                x = torch.add(x, k[i], alpha=h * bi)
+        else:
+            i0, b0 = weights[0]
+            x = k[i0] if b0 == 1.0 else b0 * k[i0]
+            for i, bi in weights[1:]:
+                x = torch.add(x, k[i], alpha=bi)
+        if self.projection is not None:
+            x = self.projection(x)
+        return x
+
+    def _fixed(self, x: Tensor) -> Tensor:
+        h = self.step_size
         for n in range(self.steps):
             t = n * h
-            f = self._field_for_step(t)
-            k: list[Tensor] = []
-            for stage in stages:
-                xi = x
-                for j, ahij in stage.terms:
-                    xi = torch.add(xi, k[j], alpha=ahij)
-                k.append(f(t + stage.dt, xi))
-            if self.residual:
-                for i, bi in weights:
-                    x = torch.add(x, k[i], alpha=h * bi)
-            else:
-                i0, b0 = weights[0]
-                x = k[i0] if b0 == 1.0 else b0 * k[i0]
-                for i, bi in weights[1:]:
-                    x = torch.add(x, k[i], alpha=bi)
-            if self.projection is not None:
-                x = self.projection(x)
-            del k
-        self.nfe_forward = self.steps * len(stages)
+            x = self._advance(self._field_for_step(t), t, x)
+        self.nfe_forward = self.steps * len(self._stages)
         if x.requires_grad:
             nfe = self.nfe_forward
 
@@ -229,17 +247,38 @@ class ODEBlock(nn.Module):
             x.register_hook(on_backward)
         return x
 
+    def _pieces(self) -> list[tuple[float, float, nn.Module]]:
+        """(t0, t1, field) intervals on which the field is smooth in t.
+
+        Piecewise-constant per-step weights jump at every k·h. An adaptive solver stepping
+        across a jump sees an O(1) error its controller can only shrink by rejecting steps,
+        and a stage evaluated exactly at t = (k+1)·h would use the next step's weights; so
+        each weight set is integrated on its own interval, which is the ODE the discrete
+        network defines.
+        """
+        f = self.field
+        if isinstance(f, StepwiseField) and f.interpolation == "constant" and f.steps > 1:
+            hs = f.step_size
+            return [(k * hs, (k + 1) * hs, f.fields[k]) for k in range(f.steps)]
+        return [(0.0, self.horizon, f)]
+
     def _adaptive(self, x: Tensor) -> Tensor:
-        counter = _CountingField(self.field, backprop=not self.adjoint)
+        self.nfe_forward = 0
+        for t0, t1, field in self._pieces():
+            x = self._adaptive_piece(x, t0, t1, field)
+        return x
+
+    def _adaptive_piece(self, x: Tensor, t0: float, t1: float, field: nn.Module) -> Tensor:
+        counter = _CountingField(field, backprop=not self.adjoint)
         t_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        t = torch.tensor([0.0, self.horizon], dtype=t_dtype, device=x.device)
+        t = torch.tensor([t0, t1], dtype=t_dtype, device=x.device)
         # step_t makes the last step land on T exactly, so x(T) is a solver step, not
         # torchdiffeq's quartic interpolant past it (whose error can exceed rtol by orders
         # of magnitude for the high-order pairs). The adjoint solve likewise ends on 0.
         options = {"max_num_steps": self.max_steps, "step_t": t[1:]}
         try:
             if self.adjoint:
-                params = tuple(p for p in self.field.parameters() if p.requires_grad)
+                params = tuple(p for p in field.parameters() if p.requires_grad)
                 out = odeint_adjoint(
                     counter,
                     x,
@@ -255,7 +294,7 @@ class ODEBlock(nn.Module):
                 out = odeint(counter, x, t, rtol=self.rtol, atol=self.atol, method=self.method.name, options=options)
         except AssertionError as err:
             raise SolverError(_explain(err, self)) from err
-        self.nfe_forward = counter.forward_calls
+        self.nfe_forward += counter.forward_calls
         counter.forward_done = True
         counter.block = self
         return out[-1]

@@ -44,6 +44,8 @@ class ModelConfig:
     rtol: float = 1e-3
     atol: float = 1e-4
     adjoint: bool = False
+    time: bool = False  # condition every field on t (ConcatConv / ConcatLinear, Chen et al. 2018)
+    activation: str = "relu"  # MLP fields only: relu, tanh, softplus or gelu (smooth fields keep RK orders)
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,13 @@ def build_model(config: ModelConfig, data: TensorData) -> nn.Module:
     common = dict(
         solver=config.solver, residual=config.residual, step_size=config.step_size,
         weights=config.weights, rtol=config.rtol, atol=config.atol, adjoint=config.adjoint,
+        time=config.time,
     )  # fmt: skip
     if data.kind == "image":
+        if config.activation != "relu":
+            raise ValueError(
+                f"activation {config.activation!r} applies to MLP fields (vector data); conv fields use relu"
+            )
         return cifar_resnet(
             config.depth, block=config.block, shortcut=config.shortcut, num_classes=data.num_classes,
             in_channels=data.input_shape[0], width=config.width or 16, **common,  # type: ignore[arg-type]
@@ -85,6 +92,7 @@ def build_model(config: ModelConfig, data: TensorData) -> nn.Module:
         data.num_classes,
         depth=config.depth,
         width=config.width or 64,
+        activation=config.activation,
         **common,  # type: ignore[arg-type]
     )
 

@@ -1,0 +1,84 @@
+"""Paper figures of a study result, chosen by its kind (``ds.attrs["study"]``).
+
+``plot_study(ds, out_dir)`` writes every figure of the study as ``<kind>-<what>.png``
+(and/or .svg, .pdf) and returns the paths; ``study_figures(ds)`` returns the
+``matplotlib.figure.Figure`` objects by name, for a notebook or a test. Figures are
+built with ``Figure`` directly, never ``pyplot``: no global state, no display needed.
+
+===========  =====================================================================
+kind         figures
+===========  =====================================================================
+depth        depth-accuracy, depth-train-loss, depth-curves, depth-grad-norm
+stability    stability-regions, stability-accuracy, stability-max-R
+convergence  convergence-error, convergence-accuracy
+compare      compare-summary
+===========  =====================================================================
+
+Only finished cells (``done == 1``) are drawn, so a running study can be plotted;
+diverged cells are counted ("k/n diverged") rather than dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import xarray as xr
+from matplotlib.figure import Figure
+
+from odenet.plots.common import FORMATS, PlotError, label, open_result, provenance, save_figure
+from odenet.plots.compare import compare_figures
+from odenet.plots.convergence import convergence_figures
+from odenet.plots.depth import depth_figures
+from odenet.plots.stability import stability_figures
+
+__all__ = [
+    "FIGURES",
+    "FORMATS",
+    "PlotError",
+    "compare_figures",
+    "convergence_figures",
+    "depth_figures",
+    "label",
+    "open_result",
+    "plot_study",
+    "stability_figures",
+    "study_figures",
+]
+
+# Study kind → the function that draws its figures.
+FIGURES: dict[str, Callable[[xr.Dataset], dict[str, Figure]]] = {
+    "depth": depth_figures,
+    "stability": stability_figures,
+    "convergence": convergence_figures,
+    "compare": compare_figures,
+}
+
+
+def study_figures(ds: xr.Dataset) -> dict[str, Figure]:
+    """Every figure of the study in ``ds``, by file stem (e.g. ``"depth-accuracy"``)."""
+    kind = ds.attrs.get("study")
+    if kind not in FIGURES:
+        found = f"study = {kind!r}" if kind is not None else "no 'study' attribute"
+        raise PlotError(f"not a study result ({found}); give a file written by `odenet study` ({', '.join(FIGURES)})")
+    if "done" in ds and not (ds["done"] == 1).any():
+        raise PlotError("no cell of the study has finished yet; plot again once the first one is done")
+    return FIGURES[kind](ds)
+
+
+def plot_study(ds: xr.Dataset, out_dir: Path, formats: Sequence[str] = ("png",), *, dpi: int = 200) -> list[Path]:
+    """Write every figure of the study in ``ds`` to ``out_dir`` (created) in each format.
+
+    Files are ``<out_dir>/<kind>-<what>.<format>``; the result's provenance (odenet
+    version, git commit, device) goes into each file's metadata. Returns the paths.
+    """
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise PlotError(f"unknown format {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+    figures = study_figures(ds)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for name, fig in figures.items():
+        written += save_figure(fig, out_dir / name, formats, description=provenance(ds), dpi=dpi)
+    return written
