@@ -234,7 +234,9 @@ class BlockProbe:
 
 
 def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    for tensor in [*model.parameters(), *model.buffers()]:
+        return tensor.device
+    return torch.device("cpu")
 
 
 def _rms(x: Tensor) -> Tensor:

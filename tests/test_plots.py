@@ -154,7 +154,7 @@ def _labels(fig: Figure) -> list[str]:
 def test_axis_labels_are_long_names_with_units(figures):
     ds = make_study("convergence")
     depth = _labels(figures["depth"]["depth-accuracy"])
-    assert depth == ["network depth (layers)", "test accuracy after training (NaN if diverged)"]  # no "[1]"
+    assert depth == ["network depth (layers)", "test accuracy after training"]  # no "[1]"
     assert "mean training cross-entropy, last epoch [nat]" in _labels(figures["depth"]["depth-train-loss"])
     assert "step size h of every block" in _labels(figures["stability"]["stability-accuracy"])
     error = _labels(figures["convergence"]["convergence-error"])

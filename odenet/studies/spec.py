@@ -284,7 +284,10 @@ class ConvergenceStudy(Study):
 
     @property
     def stages(self) -> int:
-        return 3 if self.image else 1
+        """ODE blocks of the network: three stages, but at n = 1 stages 2 and 3 are transitions only."""
+        if not self.image:
+            return 1
+        return 3 if blocks_per_stage(self.model.depth, self.model.block) > 1 else 1
 
     def cells(self) -> list[Cell]:
         axes = (self.solvers, self.step_sizes, self.seeds)
