@@ -23,7 +23,7 @@ from odenet.blocks import ode_blocks
 from odenet.data import TensorData, load_dataset
 from odenet.models import cifar_resnet, mlp_resnet
 from odenet.solvers import get_method
-from odenet.train import History, TrainConfig, resolve_device, train
+from odenet.train import HISTORY_VARIABLES, History, TrainConfig, resolve_device, train
 
 __all__ = ["ModelConfig", "RunConfig", "RunResult", "build_model", "environment", "history_dataset", "run_experiment"]
 
@@ -145,26 +145,12 @@ def environment(device: str = "") -> dict[str, str]:
     }
 
 
-_VARIABLES = {
-    # name: (long_name, units)
-    "train_loss": ("mean training cross-entropy", "nat"),
-    "train_accuracy": ("training accuracy", "1"),
-    "test_loss": ("mean test cross-entropy", "nat"),
-    "test_accuracy": ("test accuracy", "1"),
-    "lr": ("learning rate at the start of the epoch", "1"),
-    "wall_time": ("wall-clock time since training started", "s"),
-    "nfe_forward": ("ODE-block function evaluations per training batch, forward", "1"),
-    "nfe_backward": ("ODE-block function evaluations per training batch, backward", "1"),
-    "grad_norm": ("mean global gradient 2-norm per batch", "1"),
-}
-
-
 def history_dataset(result: RunResult) -> xr.Dataset:
     """The run's history as an ``xarray.Dataset`` with dimension ``epoch``."""
     h = result.history
     epochs = list(range(1, h.epochs + 1))
     ds = xr.Dataset(coords={"epoch": ("epoch", epochs, {"long_name": "epoch", "units": "1"})})
-    for name, (long_name, units) in _VARIABLES.items():
+    for name, (long_name, units) in HISTORY_VARIABLES.items():
         ds[name] = xr.DataArray(getattr(h, name), dims="epoch", attrs={"long_name": long_name, "units": units})
     ds.attrs.update(
         {

@@ -24,6 +24,7 @@ from odenet.blocks import SolverError, ode_blocks
 from odenet.data.core import TensorData, augment_crop_flip, batches
 
 __all__ = [
+    "HISTORY_VARIABLES",
     "OPTIMIZERS",
     "PRECISIONS",
     "SCHEDULES",
@@ -35,6 +36,20 @@ __all__ = [
     "save_checkpoint",
     "train",
 ]
+
+# The per-epoch history as labelled data: name → (long_name, units), CF style.
+HISTORY_VARIABLES: dict[str, tuple[str, str]] = {
+    # name: (long_name, units)
+    "train_loss": ("mean training cross-entropy", "nat"),
+    "train_accuracy": ("training accuracy", "1"),
+    "test_loss": ("mean test cross-entropy", "nat"),
+    "test_accuracy": ("test accuracy", "1"),
+    "lr": ("learning rate at the start of the epoch", "1"),
+    "wall_time": ("wall-clock time since training started", "s"),
+    "nfe_forward": ("ODE-block function evaluations per training batch, forward", "1"),
+    "nfe_backward": ("ODE-block function evaluations per training batch, backward", "1"),
+    "grad_norm": ("mean global gradient 2-norm per batch", "1"),
+}
 
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 OPTIMIZERS = ("sgd", "adam", "adamw")

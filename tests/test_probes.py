@@ -66,7 +66,9 @@ def test_leading_eigenvalues_of_a_linear_field_dense_and_arnoldi():
     d = 400
     diag = np.concatenate([[-5.0, 3.0], -np.linspace(0.1, 1.0, d - 2)])
     q, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((d, d)))
-    got = leading_eigenvalues(Linear(q @ np.diag(diag) @ q.T), 0.0, torch.randn(1, d, dtype=torch.float64), k=2, tol=1e-8)
+    got = leading_eigenvalues(
+        Linear(q @ np.diag(diag) @ q.T), 0.0, torch.randn(1, d, dtype=torch.float64), k=2, tol=1e-8
+    )
     assert np.allclose(got, [-5.0, 3.0], atol=1e-6)
 
 

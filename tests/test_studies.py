@@ -114,7 +114,7 @@ def test_study_runs_resume_after_an_interruption_without_recomputing(tmp_path, m
     # Resuming a finished result computes nothing; a different config is refused.
     again = run_study(study, out, resume=True, progress=False)
     assert (again.skipped, again.computed) == (4, 0)
-    with pytest.raises(StoreError, match="different depth study config .*epochs: 1 → 2"):
+    with pytest.raises(StoreError, match=r"different depth study config .*epochs: 1 → 2"):
         run_study(tiny_depth(train=TrainConfig(epochs=2, batch_size=256)), out, resume=True, progress=False)
     with pytest.raises(StoreError, match="exists; choose another --out"):
         run_study(study, out, progress=False)
@@ -151,7 +151,7 @@ def test_dask_workers_give_the_same_dataset_as_one_process(tmp_path):
         xr.testing.assert_allclose(report.dataset[name], serial[name])
 
 
-def test_stability_cells_store_spectra_consistent_with_R(tmp_path):
+def test_stability_cells_store_spectra_consistent_with_r(tmp_path):
     study = StabilityStudy(
         model=TINY_MODEL, train=TINY_TRAIN, solvers=("euler", "rk4"), step_sizes=(0.5,), depths=(8,), seeds=(0,)
     )

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from odenet.train import HISTORY_VARIABLES
+
 __all__ = ["COORDS", "OUTCOMES", "Variable", "variables"]
 
 # Outcome of a cell's training run (CF flag variable).
@@ -54,17 +56,7 @@ COORDS: dict[str, tuple[str, str]] = {
     "stage": ("network stage (ODE block) index", "1"),
 }
 
-_HISTORY = (
-    Variable("train_loss", ("epoch",), "mean training cross-entropy", "nat"),
-    Variable("train_accuracy", ("epoch",), "training accuracy", "1"),
-    Variable("test_loss", ("epoch",), "mean test cross-entropy", "nat"),
-    Variable("test_accuracy", ("epoch",), "test accuracy", "1"),
-    Variable("lr", ("epoch",), "learning rate at the start of the epoch", "1"),
-    Variable("wall_time", ("epoch",), "wall-clock time since training started", "s"),
-    Variable("nfe_forward", ("epoch",), "ODE-block function evaluations per training batch, forward", "1"),
-    Variable("nfe_backward", ("epoch",), "ODE-block function evaluations per training batch, backward", "1"),
-    Variable("grad_norm", ("epoch",), "mean global gradient 2-norm per batch", "1"),
-)
+_HISTORY = tuple(Variable(name, ("epoch",), long_name, units) for name, (long_name, units) in HISTORY_VARIABLES.items())
 
 _OUTCOME = (
     Variable("outcome", (), "outcome of training", "", "int64"),
