@@ -230,8 +230,8 @@ def _stage_states(net: ResidualNetwork, x: torch.Tensor) -> tuple[list[torch.Ten
 
 
 def _nfe(net: nn.Module) -> float:
-    with torch.no_grad():
-        return float(sum(b.nfe_forward for b in net.modules() if isinstance(b, ODEBlock)))
+    """Function evaluations of the last forward pass, over all ODE blocks."""
+    return float(sum(b.nfe_forward for b in net.modules() if isinstance(b, ODEBlock)))
 
 
 def fit_order(steps: np.ndarray, error: np.ndarray, floor: float = 0.0, use: np.ndarray | None = None) -> float:

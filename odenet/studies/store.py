@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ class Layout:
     cells: Mapping[str, Sequence[Any]]
     inner: Mapping[str, Sequence[Any]]
     variables: Sequence[Variable]
-    extra_coords: Mapping[str, tuple[str, Sequence[Any]]] = ()  # type: ignore[assignment]
+    extra_coords: Mapping[str, tuple[str, Sequence[Any]]] = field(default_factory=dict)
 
     @property
     def cell_dims(self) -> tuple[str, ...]:
@@ -60,7 +60,7 @@ class Layout:
         coords: dict[str, Any] = {}
         for name, values in [*self.cells.items(), *self.inner.items()]:
             coords[name] = (name, _coord_values(values), _coord_attrs(name))
-        for name, (dim, values) in dict(self.extra_coords or {}).items():
+        for name, (dim, values) in self.extra_coords.items():
             coords[name] = (dim, _coord_values(values), _coord_attrs(name))
         ds = xr.Dataset(coords=coords, attrs=dict(attrs))
         for var in self.variables:
