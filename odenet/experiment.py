@@ -118,21 +118,20 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5)
+
+
 def environment(device: str = "") -> dict[str, str]:
     """Provenance for ``attrs``: versions, git commit of the odenet source, device, host."""
     import odenet
 
+    source = Path(odenet.__file__).parent
     try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                cwd=Path(odenet.__file__).parent,
-                capture_output=True,
-                text=True,
-                timeout=5,
-            ).stdout.strip()
-            or "unknown"
-        )
+        commit = _git(source, "rev-parse", "HEAD").stdout.strip() or "unknown"
+        # Uncommitted edits to tracked files make the commit alone an incomplete record.
+        if commit != "unknown" and _git(source, "diff", "--quiet", "HEAD", "--", ".").returncode == 1:
+            commit += "-dirty"
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
     return {
