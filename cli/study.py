@@ -180,10 +180,8 @@ def _build(factory: Callable[..., Study], **kwargs: Any) -> Study:
 def _execute(study: Study, out: Path, opts: dict[str, Any]) -> None:
     cells = study.cells()
     click.echo(f"{study.kind} study: {len(cells)} cells → {out}")
-    count = {"n": 0}
 
     def on_cell(cell: Cell, result: Any) -> None:
-        count["n"] += 1
         label = " ".join(str(x) for x in cell.labels)
         if isinstance(result, BaseException):
             click.echo(f"  {label}: FAILED ({type(result).__name__}: {result})")

@@ -25,7 +25,16 @@ from odenet.models import cifar_resnet, mlp_resnet
 from odenet.solvers import get_method
 from odenet.train import HISTORY_VARIABLES, History, TrainConfig, resolve_device, train
 
-__all__ = ["ModelConfig", "RunConfig", "RunResult", "build_model", "environment", "history_dataset", "run_experiment"]
+__all__ = [
+    "ModelConfig",
+    "RunConfig",
+    "RunResult",
+    "build_model",
+    "device_name",
+    "environment",
+    "history_dataset",
+    "run_experiment",
+]
 
 
 @dataclass(frozen=True)
@@ -108,11 +117,12 @@ def run_experiment(config: RunConfig, progress: bool | None = None) -> RunResult
     start = time.perf_counter()
     history = train(model, data, config.train, progress=progress)
     return RunResult(
-        config, history, model, n_params, data.describe(), _device_name(device), time.perf_counter() - start
+        config, history, model, n_params, data.describe(), device_name(device), time.perf_counter() - start
     )
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
+    """The device as provenance records it: the CUDA card's name, or the CPU and its threads."""
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

@@ -20,7 +20,7 @@ from typing import Any
 
 import xarray as xr
 
-from odenet.experiment import _device_name, environment
+from odenet.experiment import device_name, environment
 from odenet.studies.cells import Values, run_cell
 from odenet.studies.spec import Cell, Study
 from odenet.studies.store import StudyStore
@@ -70,7 +70,7 @@ def run_study(
         "study": study.kind,
         "config": study.to_json(),
         "Conventions": "CF-1.10",
-        **environment(_device_name(device) if scheduler_address is None else f"dask cluster at {scheduler_address}"),
+        **environment(device_name(device) if scheduler_address is None else f"dask cluster at {scheduler_address}"),
     }
     store = StudyStore(out, study.layout())
     done = store.open(attrs, resume)
