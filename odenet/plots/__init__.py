@@ -5,6 +5,10 @@
 ``matplotlib.figure.Figure`` objects by name, for a notebook or a test. Figures are
 built with ``Figure`` directly, never ``pyplot``: no global state, no display needed.
 
+Each figure module registers its kind with ``@figures_for(kind)`` (``FIGURES`` maps
+kind → function); importing the modules below is what registers them. A kind with no
+registered figures still plots, with the generic figures of ``odenet.plots.generic``:
+
 ===========  =====================================================================
 kind         figures
 ===========  =====================================================================
@@ -12,6 +16,7 @@ depth        depth-accuracy, depth-train-loss, depth-curves, depth-grad-norm
 stability    stability-regions, stability-accuracy, stability-max-R
 convergence  convergence-error, convergence-accuracy
 compare      compare-summary
+(any other)  <kind>-final, <kind>-history (generic: from the dataset's labels)
 ===========  =====================================================================
 
 Only finished cells (``done == 1``) are drawn, so a running study can be plotted;
@@ -20,50 +25,60 @@ diverged cells are counted ("k/n diverged") rather than dropped.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import xarray as xr
 from matplotlib.figure import Figure
 
+# The figure modules are imported for their registrations as much as for their names.
 from odenet.plots.common import FORMATS, PlotError, label, open_result, provenance, save_figure
 from odenet.plots.compare import compare_figures
 from odenet.plots.convergence import convergence_figures
 from odenet.plots.depth import depth_figures
+from odenet.plots.generic import generic_figures
+from odenet.plots.registry import FIGURES, FigureFunction, figures_for, unregister
 from odenet.plots.stability import stability_figures
 
 __all__ = [
     "FIGURES",
     "FORMATS",
+    "FigureFunction",
     "PlotError",
     "compare_figures",
     "convergence_figures",
     "depth_figures",
+    "figures_for",
+    "generic_figures",
     "label",
     "open_result",
     "plot_study",
     "stability_figures",
     "study_figures",
+    "unregister",
 ]
 
-# Study kind → the function that draws its figures.
-FIGURES: dict[str, Callable[[xr.Dataset], dict[str, Figure]]] = {
-    "depth": depth_figures,
-    "stability": stability_figures,
-    "convergence": convergence_figures,
-    "compare": compare_figures,
-}
+# A kind becomes part of file names (<kind>-<what>.png), so it must be a plain name: no
+# "/" that would write outside the output directory, no "." that would read as a suffix.
+KIND = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 def study_figures(ds: xr.Dataset) -> dict[str, Figure]:
-    """Every figure of the study in ``ds``, by file stem (e.g. ``"depth-accuracy"``)."""
+    """Every figure of the study in ``ds``, by file stem (e.g. ``"depth-accuracy"``).
+
+    The kind's registered figures, or the generic ones for a kind that has none.
+    """
     kind = ds.attrs.get("study")
-    if kind not in FIGURES:
+    if not isinstance(kind, str) or not KIND.fullmatch(kind):
         found = f"study = {kind!r}" if kind is not None else "no 'study' attribute"
-        raise PlotError(f"not a study result ({found}); give a file written by `odenet study` ({', '.join(FIGURES)})")
+        raise PlotError(
+            f"not a study result ({found}); give a file written by `odenet study`, "
+            f"whose 'study' attribute names its kind (e.g. {', '.join(FIGURES)})"
+        )
     if "done" in ds and not (ds["done"] == 1).any():
         raise PlotError("no cell of the study has finished yet; plot again once the first one is done")
-    return FIGURES[kind](ds)
+    return FIGURES.get(kind, generic_figures)(ds)
 
 
 def plot_study(ds: xr.Dataset, out_dir: Path, formats: Sequence[str] = ("png",), *, dpi: int = 200) -> list[Path]:

@@ -12,6 +12,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from odenet.plots.common import COLOURS, diverged_counts, finished, label, new_figure, require, seed_stats
+from odenet.plots.registry import figures_for
 
 __all__ = ["compare_figures"]
 
@@ -19,6 +20,7 @@ __all__ = ["compare_figures"]
 COLUMNS = ("final_test_accuracy", "parameters", "nfe_forward_final")
 
 
+@figures_for("compare")
 def compare_figures(ds: xr.Dataset) -> dict[str, Figure]:
     """The figure of a compare study, by file stem: compare-summary."""
     require(ds, "model", "diverged", *COLUMNS)

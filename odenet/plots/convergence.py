@@ -30,6 +30,7 @@ from odenet.plots.common import (
     seed_stats,
     shared_labels,
 )
+from odenet.plots.registry import figures_for
 from odenet.solvers import UnknownSolverError, get_method
 
 __all__ = ["convergence_figures", "reference_slope"]
@@ -38,6 +39,7 @@ __all__ = ["convergence_figures", "reference_slope"]
 TRAIN_MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
+@figures_for("convergence")
 def convergence_figures(ds: xr.Dataset) -> dict[str, Figure]:
     """The figures of a convergence study, by file stem.
 

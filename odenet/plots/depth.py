@@ -30,10 +30,12 @@ from odenet.plots.common import (
     seed_stats,
     shared_labels,
 )
+from odenet.plots.registry import figures_for
 
 __all__ = ["depth_figures", "last_valid"]
 
 
+@figures_for("depth")
 def depth_figures(ds: xr.Dataset) -> dict[str, Figure]:
     """The figures of a depth study, by file stem.
 

@@ -35,6 +35,7 @@ from odenet.plots.common import (
     seed_stats,
     shared_labels,
 )
+from odenet.plots.registry import figures_for
 from odenet.solvers import UnknownSolverError, get_method
 
 __all__ = ["normalise", "region_box", "stability_figures"]
@@ -58,6 +59,7 @@ def normalise(ds: xr.Dataset) -> xr.Dataset:
     return ds.swap_dims({along[0]: "step_size"})
 
 
+@figures_for("stability")
 def stability_figures(ds: xr.Dataset) -> dict[str, Figure]:
     """The figures of a stability study, by file stem.
 
