@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import click
 
-from cli.plot import plot
-from cli.run import run
-from cli.study import study
 from odenet import __version__
 from odenet.solvers import METHODS
+from odenet_cli.plot import plot
+from odenet_cli.run import run
+from odenet_cli.study import study
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

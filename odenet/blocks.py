@@ -23,24 +23,77 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchdiffeq import odeint, odeint_adjoint
 
+from odenet.adaptive import Counts, SolverError, Tolerances, solve
 from odenet.depth import StepwiseField
+from odenet.errors import NAME_ONLY, ConfigError
 from odenet.solvers import Method, get_method
 from odenet.tableaus import ButcherTableau
 
-__all__ = ["ODEBlock", "SolverError", "ode_blocks", "total_nfe"]
+__all__ = [
+    "ODEBlock",
+    "SolverError",
+    "check_solver_options",
+    "check_step_size",
+    "check_steps",
+    "check_tolerances",
+    "ode_blocks",
+    "total_nfe",
+]
 
 # Default bound on adaptive steps per forward pass: far more than a well-conditioned
 # block needs (dozens), few enough that a stiff field fails in seconds, not hours.
 DEFAULT_MAX_STEPS = 10_000
 
 
-class SolverError(RuntimeError):
-    """An adaptive solve that could not finish (too many steps, step-size underflow)."""
+# -- the block's rules: stated once here, called by every layer above -------------------
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_step_size(step_size: Any) -> float:
+    """h as a float; a ``ConfigError`` unless it is a positive finite number."""
+    if not (_is_number(step_size) and math.isfinite(step_size) and step_size > 0):
+        raise ConfigError(
+            "{step_size} is not a step size: give a positive finite number (h = 1 is the classic ResNet)",
+            step_size=step_size,
+        )
+    return float(step_size)
+
+
+def check_steps(steps: Any) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError("{steps} is not a number of steps: give a positive integer", steps=steps)
+    return steps
+
+
+def check_tolerances(rtol: Any, atol: Any) -> None:
+    """rtol and atol of an adaptive solve: positive finite numbers."""
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if not (_is_number(tol) and math.isfinite(tol) and tol > 0):
+            raise ConfigError("{" + name + "} is not a tolerance: give a positive number such as 1e-3", **{name: tol})
+
+
+def check_solver_options(method: Method, *, residual: bool = True, adjoint: bool = False) -> None:
+    """What a solver admits: the plain twin needs fixed steps, the adjoint an adaptive solver."""
+    if method.adaptive and not residual:
+        raise ConfigError(
+            "{residual} (the plain twin) drops the identity from each step and is defined for "
+            "fixed-step solvers only; {solver} is adaptive: choose a fixed-step solver",
+            residual=False,
+            solver=method.name,
+        )
+    if adjoint and not method.adaptive:
+        raise ConfigError(
+            "{adjoint} needs an adaptive solver (dopri5, …); {solver} is fixed-step, and "
+            "backpropagation through its loop is exact and cheaper",
+            adjoint=True,
+            solver=method.name,
+        )
 
 
 @dataclass(frozen=True)
@@ -87,36 +140,28 @@ class ODEBlock(nn.Module):
     ) -> None:
         super().__init__()
         method = get_method(solver)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        if not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
-            raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
+        steps = check_steps(steps)
+        h = check_step_size(step_size)
         if method.adaptive:
-            for name, tol in (("rtol", rtol), ("atol", atol)):
-                if not (math.isfinite(tol) and tol > 0):
-                    raise ValueError(f"{name} must be a positive number (e.g. 1e-3), got {tol!r}")
-            if not residual:
-                raise ValueError(
-                    "residual=False (the plain twin) drops the identity from each step and is "
-                    f"defined for fixed-step solvers only; {method.name!r} is adaptive"
-                )
-        else:
-            if adjoint:
-                raise ValueError(
-                    f"adjoint=True needs an adaptive solver; {method.name!r} is fixed-step "
-                    "(backpropagation through its loop is exact and cheaper)"
-                )
+            check_tolerances(rtol, atol)
+        check_solver_options(method, residual=residual, adjoint=adjoint)
         if projection is not None and method.tableau.stages != 1:
-            raise ValueError(
-                f"a projection after each step (the post-activation 'basic' block) is a "
-                f"projected Euler step, valid with solver='euler' only, not {method.name!r}; "
-                "use the pre-activation block for other solvers"
+            raise ConfigError(
+                "a {projection} after each step (the post-activation 'basic' block) is a projected "
+                "Euler step, valid with solver='euler' only, not {solver}; use the pre-activation "
+                "block for other solvers",
+                projection=NAME_ONLY,
+                solver=method.name,
             )
-        horizon = steps * float(step_size)
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+            raise ConfigError("{max_steps} is not a bound on steps: give a positive integer", max_steps=max_steps)
+        if not callable(field):
+            raise ConfigError("{field} is not a vector field: give an nn.Module called as field(t, x)", field=field)
+        horizon = steps * h
         if isinstance(field, StepwiseField) and not math.isclose(field.horizon, horizon, rel_tol=1e-9):
-            raise ValueError(
+            raise ConfigError(
                 f"the field's weights span [0, {field.horizon:g}] but the block integrates over "
-                f"[0, {horizon:g}] ({steps} steps of {step_size:g}); choose steps·step_size = {field.horizon:g}"
+                f"[0, {horizon:g}] ({steps} steps of {h:g}); choose steps·step_size = {field.horizon:g}"
             )
         self.field = field
         self.method = method
@@ -128,7 +173,6 @@ class ODEBlock(nn.Module):
         self.residual = residual
         self.projection = projection
         self.max_steps = int(max_steps)
-        h = self.step_size
         c, a, _ = method.tableau.arrays()
         self._stages = tuple(
             _Stage(float(c[i]) * h, tuple((j, float(a[i, j]) * h) for j in range(i) if a[i, j] != 0.0))
@@ -136,8 +180,7 @@ class ODEBlock(nn.Module):
         )
         # (stage index, bᵢ) for the non-zero weights; h is applied once to the sum.
         self._weights = tuple((i, float(bi)) for i, bi in enumerate(method.tableau.b) if bi != 0.0)
-        self.nfe_forward = 0
-        self.nfe_backward = 0
+        self._counts = Counts()
 
     # -- evaluation with other settings -------------------------------------------------
     @property
@@ -148,6 +191,24 @@ class ODEBlock(nn.Module):
     @property
     def solver(self) -> str:
         return self.method.name
+
+    @property
+    def nfe_forward(self) -> int:
+        """Field evaluations of the last forward pass."""
+        return self._counts.forward
+
+    @nfe_forward.setter
+    def nfe_forward(self, value: int) -> None:
+        self._counts.forward = value
+
+    @property
+    def nfe_backward(self) -> int:
+        """Field evaluations (adjoint) or differentiated evaluations (backprop) of the last backward pass."""
+        return self._counts.backward
+
+    @nfe_backward.setter
+    def nfe_backward(self, value: int) -> None:
+        self._counts.backward = value
 
     def with_solver(
         self,
@@ -163,9 +224,7 @@ class ODEBlock(nn.Module):
 
         The horizon is kept: with ``steps=m`` the step size becomes horizon / m.
         """
-        steps = self.steps if steps is None else steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        steps = check_steps(self.steps if steps is None else steps)
         method = get_method(self.method if solver is None else solver)
         return ODEBlock(
             self.field,
@@ -263,41 +322,8 @@ class ODEBlock(nn.Module):
         return [(0.0, self.horizon, f)]
 
     def _adaptive(self, x: Tensor) -> Tensor:
-        self.nfe_forward = 0
-        for t0, t1, field in self._pieces():
-            x = self._adaptive_piece(x, t0, t1, field)
-        return x
-
-    def _adaptive_piece(self, x: Tensor, t0: float, t1: float, field: nn.Module) -> Tensor:
-        counter = _CountingField(field, backprop=not self.adjoint)
-        t_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        t = torch.tensor([t0, t1], dtype=t_dtype, device=x.device)
-        # step_t makes the last step land on T exactly, so x(T) is a solver step, not
-        # torchdiffeq's quartic interpolant past it (whose error can exceed rtol by orders
-        # of magnitude for the high-order pairs). The adjoint solve likewise ends on 0.
-        options = {"max_num_steps": self.max_steps, "step_t": t[1:]}
-        try:
-            if self.adjoint:
-                params = tuple(p for p in field.parameters() if p.requires_grad)
-                out = odeint_adjoint(
-                    counter,
-                    x,
-                    t,
-                    rtol=self.rtol,
-                    atol=self.atol,
-                    method=self.method.name,
-                    options=options,
-                    adjoint_params=params,
-                    adjoint_options={"max_num_steps": self.max_steps, "step_t": t[:1]},
-                )
-            else:
-                out = odeint(counter, x, t, rtol=self.rtol, atol=self.atol, method=self.method.name, options=options)
-        except AssertionError as err:
-            raise SolverError(_explain(err, self)) from err
-        self.nfe_forward += counter.forward_calls
-        counter.forward_done = True
-        counter.block = self
-        return out[-1]
+        how = Tolerances(self.method.name, self.rtol, self.atol, self.adjoint, self.max_steps)
+        return solve(x, self._pieces(), how, self._counts)
 
     def extra_repr(self) -> str:
         parts = [f"solver={self.method.name!r}", f"steps={self.steps}", f"step_size={self.step_size:g}"]
@@ -306,55 +332,6 @@ class ODEBlock(nn.Module):
         if not self.residual:
             parts.append("residual=False")
         return ", ".join(parts)
-
-
-def _explain(err: AssertionError, block: ODEBlock) -> str:
-    msg = str(err)
-    if "max_num_steps" in msg:
-        return (
-            f"{block.method.name} needed more than max_steps={block.max_steps} steps over "
-            f"[0, {block.horizon:g}] (rtol={block.rtol:g}, atol={block.atol:g}): the field is stiff "
-            "or diverging; loosen rtol/atol, raise max_steps, or use a fixed-step solver"
-        )
-    if "underflow" in msg:
-        return (
-            f"{block.method.name}'s step size underflowed over [0, {block.horizon:g}]: the field is "
-            "stiff or singular; loosen rtol/atol or use a fixed-step solver"
-        )
-    if "non-finite" in msg:
-        return f"{block.method.name} met a non-finite state (NaN/inf): the field diverged"
-    return f"{block.method.name} failed: {msg}"
-
-
-class _CountingField(nn.Module):
-    """Wraps a field for torchdiffeq and counts its evaluations (a Python int, no sync).
-
-    Calls made while ``forward_done`` is False belong to the forward solve. Afterwards,
-    calls come from the adjoint solve (backward). With backpropagation the backward pass
-    calls nothing; each evaluation whose output receives a gradient is counted by a hook.
-    """
-
-    def __init__(self, field: nn.Module, backprop: bool) -> None:
-        super().__init__()
-        self.field = field
-        self.backprop = backprop
-        self.forward_calls = 0
-        self.forward_done = False
-        self.block: ODEBlock | None = None
-
-    def _backward_one(self, grad: Tensor | None = None) -> None:
-        if self.block is not None:
-            self.block.nfe_backward += 1
-
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        out = self.field(t, x)
-        if not self.forward_done:
-            self.forward_calls += 1
-            if self.backprop and out.requires_grad:
-                out.register_hook(self._backward_one)
-        else:
-            self._backward_one()
-        return out
 
 
 def ode_blocks(model: nn.Module) -> Iterator[ODEBlock]:

@@ -11,19 +11,24 @@ import json
 import platform
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import xarray as xr
 from torch import nn
 
-from odenet.blocks import ode_blocks
-from odenet.data import TensorData, load_dataset
+from odenet.blocks import check_solver_options, check_step_size, check_tolerances, ode_blocks
+from odenet.data import DATASETS, TensorData, data_kind, load_dataset
+from odenet.depth import WeightSharing
+from odenet.errors import ConfigError
+from odenet.fields import ACTIVATIONS
+from odenet.knobs import check_choice, check_count, knob
 from odenet.models import cifar_resnet, mlp_resnet
-from odenet.solvers import get_method
-from odenet.train import HISTORY_VARIABLES, History, TrainConfig, resolve_device, train
+from odenet.models.cifar import blocks_per_stage, check_block
+from odenet.solvers import get_method, method_names
+from odenet.train import HISTORY, History, TrainConfig, resolve_device, train
 
 __all__ = [
     "ModelConfig",
@@ -40,30 +45,70 @@ __all__ = [
 @dataclass(frozen=True)
 class ModelConfig:
     """The network. Image data gets ``cifar_resnet`` (depth 6n+2 / 9n+2); vector data an
-    ``mlp_resnet`` with ``depth`` residual blocks of width ``width`` (default 64)."""
+    ``mlp_resnet`` with ``depth`` residual blocks of width ``width`` (default 64).
 
-    depth: int = 110
-    solver: str = "euler"
-    block: Literal["basic", "preact", "bottleneck"] = "preact"
-    residual: bool = True
-    step_size: float = 1.0
-    shortcut: Literal["A", "B"] = "A"
-    width: int | None = None
-    weights: Literal["per_step", "shared", "interpolated"] = "per_step"
-    rtol: float = 1e-3
-    atol: float = 1e-4
-    adjoint: bool = False
-    time: bool = False  # condition every field on t (ConcatConv / ConcatLinear, Chen et al. 2018)
-    activation: str = "relu"  # MLP fields only: relu, tanh, softplus or gelu (smooth fields keep RK orders)
+    Validated on construction with the rules of the layers below (the block's, the
+    model family's); what also depends on the data (the depth form, the activation) is
+    checked by ``check_data`` once the data kind is known.
+    """
+
+    depth: int = knob(110, "Conv nets: 6n+2 (basic, preact) or 9n+2 (bottleneck) layers. Vector data: residual blocks.")
+    solver: str = knob("euler", "Stepping rule of every block (`odenet solvers` lists them).", choices=method_names)
+    block: Literal["basic", "preact", "bottleneck"] = knob(
+        "preact", "Residual function: preact (exact Euler step), basic (ReLU after the sum; Euler only), bottleneck."
+    )
+    residual: bool = knob(True, "With skip connections, or the plain (no-skip) twin.", off="plain")
+    step_size: float = knob(1.0, "Step size h of every block.")
+    shortcut: Literal["A", "B"] = knob("A", "Stage transitions: A zero-pads the identity, B projects with a 1×1 conv.")
+    width: int | None = knob(None, "Base width (default 16 for conv nets, 64 for MLPs).")
+    weights: Literal["per_step", "shared", "interpolated"] = knob(
+        "per_step", "One weight set per block, one shared set (autonomous ODE), or interpolated in depth."
+    )
+    rtol: float = knob(1e-3, "Relative tolerance of adaptive solvers.")
+    atol: float = knob(1e-4, "Absolute tolerance of adaptive solvers.")
+    adjoint: bool = knob(False, "Adaptive solvers: gradients by the adjoint method.")
+    time: bool = knob(False, "Condition every field on t (ConcatConv / ConcatLinear, Chen et al. 2018).")
+    activation: Literal["relu", "tanh", "softplus", "gelu"] = knob(
+        "relu", "MLP fields only: smooth activations (tanh, softplus) keep the RK orders."
+    )
+
+    def __post_init__(self) -> None:
+        method = get_method(self.solver)
+        object.__setattr__(self, "solver", method.name)  # "RK4" and "rk4" are one config
+        check_count("depth", self.depth)
+        check_block(self.block, method, self.shortcut)
+        check_step_size(self.step_size)
+        check_tolerances(self.rtol, self.atol)
+        check_solver_options(method, residual=self.residual, adjoint=self.adjoint)
+        if self.width is not None:
+            check_count("width", self.width)
+        check_choice("weights", self.weights, get_args(WeightSharing))
+        check_choice("activation", self.activation, ACTIVATIONS)
+
+    def check_data(self, kind: str) -> None:
+        """The rules that depend on the data: ``kind`` is ``"image"`` or ``"vector"``."""
+        if kind == "image":
+            blocks_per_stage(self.depth, self.block)
+            if self.activation != "relu":
+                raise ConfigError(
+                    "{activation} applies to MLP fields (vector data); conv fields use relu",
+                    activation=self.activation,
+                )
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    dataset: str = "digits"
-    data_dir: str | None = None
-    download: bool = False
-    train: TrainConfig = field(default_factory=TrainConfig)
+    """One ``odenet run``: the model, the data, the training."""
+
+    model: ModelConfig = knob(default_factory=ModelConfig)
+    dataset: str = knob("digits", "Embedded, or a torchvision folder given by data_dir.", choices=lambda: DATASETS)
+    data_dir: str | None = knob(None, "Folder holding cifar10/cifar100/mnist/fashion-mnist files.")
+    download: bool = knob(False, "Let torchvision download missing files (needs network).")
+    train: TrainConfig = knob(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        check_choice("dataset", self.dataset, DATASETS)
+        self.model.check_data(data_kind(self.dataset))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -87,11 +132,8 @@ def build_model(config: ModelConfig, data: TensorData) -> nn.Module:
         weights=config.weights, rtol=config.rtol, atol=config.atol, adjoint=config.adjoint,
         time=config.time,
     )  # fmt: skip
+    config.check_data(data.kind)
     if data.kind == "image":
-        if config.activation != "relu":
-            raise ValueError(
-                f"activation {config.activation!r} applies to MLP fields (vector data); conv fields use relu"
-            )
         return cifar_resnet(
             config.depth, block=config.block, shortcut=config.shortcut, num_classes=data.num_classes,
             in_channels=data.input_shape[0], width=config.width or 16, **common,  # type: ignore[arg-type]
@@ -108,7 +150,6 @@ def build_model(config: ModelConfig, data: TensorData) -> nn.Module:
 
 def run_experiment(config: RunConfig, progress: bool | None = None) -> RunResult:
     """Load the data, build the model, train it; divergence is recorded in the history."""
-    get_method(config.model.solver)  # fail on a bad name before loading data
     device = resolve_device(config.train.device)
     data = load_dataset(config.dataset, config.data_dir, config.download, seed=config.train.seed)
     torch.manual_seed(config.train.seed)
@@ -159,8 +200,8 @@ def history_dataset(result: RunResult) -> xr.Dataset:
     h = result.history
     epochs = list(range(1, h.epochs + 1))
     ds = xr.Dataset(coords={"epoch": ("epoch", epochs, {"long_name": "epoch", "units": "1"})})
-    for name, (long_name, units) in HISTORY_VARIABLES.items():
-        ds[name] = xr.DataArray(getattr(h, name), dims="epoch", attrs={"long_name": long_name, "units": units})
+    for var in HISTORY:
+        ds[var.name] = xr.DataArray(h.series[var.name], dims=var.dims, attrs=var.attrs)
     ds.attrs.update(
         {
             "title": "odenet run",

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "ACTIVATIONS",
     "BasicConvField",
     "BottleneckField",
     "ConcatConv2d",
@@ -215,6 +216,7 @@ class BottleneckField(nn.Module):
 
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "gelu": nn.GELU}
+ACTIVATIONS: tuple[str, ...] = tuple(_ACTIVATIONS)
 
 
 class MLPField(nn.Module):

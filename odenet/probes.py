@@ -26,111 +26,70 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
+import xarray as xr
 from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigs
 from torch import Tensor, nn
 
 from odenet.blocks import ODEBlock
-from odenet.depth import StepwiseField
-from odenet.models.common import ResidualNetwork, Transition
+from odenet.labels import Variable, labelled
+from odenet.models.common import ResidualNetwork, Unit, units, walk
 from odenet.solvers import Method
 
 __all__ = [
-    "BlockProbe",
-    "Unit",
+    "GRADIENTS",
+    "SPECTRUM",
     "calibrate_batchnorm",
     "gradient_norms",
     "leading_eigenvalues",
     "probe_blocks",
     "stability_factor",
-    "units",
 ]
 
 # Up to this many unknowns the Jacobian is formed column by column and all its
 # eigenvalues are computed densely; ARPACK needs n well above 2k + 1 anyway.
 DENSE_LIMIT = 256
 
-
-@dataclass(frozen=True)
-class Unit:
-    """One residual block: step ``step`` of an ``ODEBlock``, or a ``Transition``."""
-
-    kind: Literal["step", "transition"]
-    module: nn.Module
-    step: int = 0
-
-    def __call__(self, x: Tensor) -> Tensor:
-        if self.kind == "step":
-            block: ODEBlock = self.module  # type: ignore[assignment]
-            return block.step(x, self.step)
-        return self.module(x)
-
-    @property
-    def method(self) -> Method | None:
-        return self.module.method if isinstance(self.module, ODEBlock) else None
-
-    @property
-    def step_size(self) -> float:
-        return float(getattr(self.module, "step_size", 1.0))
-
-    @property
-    def time(self) -> float:
-        """t at the start of the step."""
-        return self.step * self.step_size
-
-    def field(self) -> Callable[[Tensor | float, Tensor], Tensor] | None:
-        """F_k of a step (None for a transition, whose state changes shape)."""
-        if isinstance(self.module, ODEBlock):
-            return self.module.field_at_step(self.step)
-        return None
-
-    def weights(self) -> nn.Module | None:
-        """The module holding this block's own weights; None when they are shared by all steps."""
-        if isinstance(self.module, Transition):
-            return self.module
-        field = self.module.field  # type: ignore[union-attr]
-        if isinstance(field, StepwiseField):
-            return field.fields[field.index(self.time + 0.5 * self.step_size)]
-        return None
-
-
-def units(model: nn.Module) -> list[Unit]:
-    """The residual blocks of a ``ResidualNetwork`` in forward order."""
-    if not isinstance(model, ResidualNetwork):
-        raise ValueError(f"probes need an odenet ResidualNetwork (stem, body, head), not {type(model).__name__}")
-    out: list[Unit] = []
-    for module in model.body:
-        if isinstance(module, ODEBlock):
-            out += [Unit("step", module, n) for n in range(module.steps)]
-        elif isinstance(module, Transition):
-            out.append(Unit("transition", module))
-    return out
+# What each probe returns, declared once: the study schema is derived from these.
+SPECTRUM: tuple[Variable, ...] = (
+    Variable("eig_real", ("block", "eig"), "real part of a leading eigenvalue of the field Jacobian", "1"),
+    Variable("eig_imag", ("block", "eig"), "imaginary part of a leading eigenvalue of the field Jacobian", "1"),
+    Variable("max_abs_R", ("block",), "max |R(hλ)| over the leading eigenvalues", "1"),
+    Variable("amplification", ("block",), "amplification of a small input perturbation by the block", "1"),
+    Variable(
+        "perturbation_growth",
+        ("block",),
+        "growth of a small perturbation of the first block's input up to the block's output",
+        "1",
+    ),
+    Variable("activation_rms", ("block",), "root-mean-square of the block's input activations", "1"),
+)
+GRADIENTS: tuple[Variable, ...] = (
+    Variable("block_grad_norm", ("block",), "2-norm of the loss gradient with respect to the block's own weights", "1"),
+    Variable("state_grad_norm", ("block",), "2-norm of the loss gradient with respect to the block's input state", "1"),
+)
 
 
 def _steppable(model: ResidualNetwork) -> bool:
     return all(not m.method.adaptive for m in model.body if isinstance(m, ODEBlock))
 
 
-def _walk(model: ResidualNetwork, x: Tensor, visit: Callable[[int, Unit, Tensor], Tensor]) -> Tensor:
-    """stem → every block (through ``visit``, which returns the block's output) → head."""
-    x = model.stem(x)
-    i = 0
-    blocks = units(model)
-    for module in model.body:
-        if isinstance(module, (ODEBlock, Transition)):
-            count = module.steps if isinstance(module, ODEBlock) else 1
-            for _ in range(count):
-                x = visit(i, blocks[i], x)
-                i += 1
-        else:
-            x = module(x)
-    return model.head(x)
+def _coords(blocks: int, k: int | None = None) -> dict[str, np.ndarray]:
+    coords = {"block": np.arange(blocks)}
+    if k is not None:
+        coords["eig"] = np.arange(k)
+    return coords
+
+
+def missing(variables: tuple[Variable, ...], blocks: int, k: int = 0) -> xr.Dataset:
+    """A probe's dataset with every value missing (for a network that diverged)."""
+    sizes = {"block": blocks, "eig": k}
+    values = {v.name: np.full([sizes[d] for d in v.dims], v.fill) for v in variables}
+    return labelled(variables, values, _coords(blocks, k if any("eig" in v.dims for v in variables) else None))
 
 
 @torch.no_grad()
@@ -218,21 +177,6 @@ def stability_factor(method: Method, h: float, eigenvalues: np.ndarray) -> float
     return float(np.max(np.abs(method.tableau.stability_function(h * lam))))
 
 
-@dataclass
-class BlockProbe:
-    """Per-block measurements (arrays over blocks; NaN where a block has no such value).
-
-    eigenvalues: complex (blocks, k). max_abs_R, amplification, perturbation_growth,
-    activation_rms: (blocks,).
-    """
-
-    eigenvalues: np.ndarray
-    max_abs_R: np.ndarray  # noqa: N815 - R is the stability function's name
-    amplification: np.ndarray
-    perturbation_growth: np.ndarray
-    activation_rms: np.ndarray
-
-
 def _device(model: nn.Module) -> torch.device:
     for tensor in [*model.parameters(), *model.buffers()]:
         return tensor.device
@@ -244,12 +188,14 @@ def _rms(x: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def probe_blocks(model: nn.Module, x: Tensor, k: int = 4, tol: float = 1e-3, seed: int = 0) -> BlockProbe:
+def probe_blocks(model: nn.Module, x: Tensor, k: int = 4, tol: float = 1e-3, seed: int = 0) -> xr.Dataset:
     """Spectra, perturbation growth and activation sizes of every block, in eval mode.
 
     Works on a float64 copy of ``model``; batch norm uses its running statistics (call
     ``calibrate_batchnorm`` on an untrained network first). Fixed-step solvers only.
-    x: (batch, …) network inputs, a handful of samples is enough.
+    x: (batch, …) network inputs, a handful of samples is enough. Returns the ``SPECTRUM``
+    variables over ``block`` (and ``eig``, largest modulus first); NaN where a block has
+    no such value (a transition has no field Jacobian).
     """
     if not isinstance(model, ResidualNetwork) or not _steppable(model):
         raise ValueError("block probes need a ResidualNetwork whose ODE blocks use fixed-step solvers")
@@ -278,12 +224,16 @@ def probe_blocks(model: nn.Module, x: Tensor, k: int = 4, tol: float = 1e-3, see
         state["dx"] = dout
         return out
 
-    _walk(net, x, visit)
-    return BlockProbe(eig, factor, amp, growth, act)
+    walk(net, x, visit)
+    values = {"eig_real": eig.real, "eig_imag": eig.imag, "max_abs_R": factor, "amplification": amp,
+              "perturbation_growth": growth, "activation_rms": act}  # fmt: skip
+    return labelled(SPECTRUM, values, _coords(m, k))
 
 
-def gradient_norms(model: nn.Module, x: Tensor, y: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(‖∂L/∂θ_k‖, ‖∂L/∂x_k‖) for every block k, on one batch, in train mode.
+def gradient_norms(model: nn.Module, x: Tensor, y: Tensor) -> xr.Dataset:
+    """‖∂L/∂θ_k‖ (``block_grad_norm``) and ‖∂L/∂x_k‖ (``state_grad_norm``) for every block k.
+
+    On one batch, in train mode.
 
     θ_k are the block's own weights (NaN when every step shares one weight set), x_k its
     input state (NaN when an adaptive solver gives no states between blocks). L is the
@@ -303,7 +253,7 @@ def gradient_norms(model: nn.Module, x: Tensor, y: Tensor) -> tuple[np.ndarray, 
         states.append(xi)
         return unit(xi)
 
-    logits = _walk(net, x, visit) if _steppable(net) else net(x)
+    logits = walk(net, x, visit) if _steppable(net) else net(x)
     F.cross_entropy(logits, y).backward()
     theta = np.full(len(blocks), np.nan)
     state = np.full(len(blocks), np.nan)
@@ -315,4 +265,4 @@ def gradient_norms(model: nn.Module, x: Tensor, y: Tensor) -> tuple[np.ndarray, 
     for i, xi in enumerate(states):
         if xi.grad is not None:
             state[i] = float(xi.grad.norm())
-    return theta, state
+    return labelled(GRADIENTS, {"block_grad_norm": theta, "state_grad_norm": state}, _coords(len(blocks)))

@@ -10,21 +10,16 @@ name does.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
-import torch
-from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver, _ButcherTableau
-
-from odenet.tableaus import FIXED_STEP_TABLEAUS, ButcherTableau, dense_output_weights
-
-# The module, not the function of the same name that torchdiffeq._impl re-exports.
-_tdq_odeint = importlib.import_module("torchdiffeq._impl.odeint")
+from odenet.adaptive import TSIT5, torchdiffeq_tableau
+from odenet.errors import ConfigError
+from odenet.tableaus import FIXED_STEP_TABLEAUS, ButcherTableau
 
 __all__ = ["METHODS", "Method", "UnknownSolverError", "get_method", "method_names"]
 
 
-class UnknownSolverError(ValueError):
+class UnknownSolverError(ConfigError):
     """A solver name that is not in the registry."""
 
 
@@ -54,81 +49,8 @@ class Method:
 
 
 def _from_torchdiffeq(name: str, description: str) -> Method:
-    """Read the propagated tableau of one of torchdiffeq's adaptive solvers.
+    return Method(name, torchdiffeq_tableau(name, description), adaptive=True)
 
-    torchdiffeq stores (alpha, beta, c_sol, c_error): alpha = c₂…c_s, beta = the rows of a
-    below the first, c_sol = b. The order is checked against the order conditions.
-    """
-    solver = _tdq_odeint.SOLVERS[name]
-    tab = solver.tableau
-    s = len(tab.c_sol)
-    c = [0.0, *tab.alpha.tolist()]
-    a = [[0.0] * s]
-    for row in tab.beta:
-        values = row.tolist()
-        a.append(values + [0.0] * (s - len(values)))
-    return Method(
-        name,
-        ButcherTableau(c=c, a=a, b=tab.c_sol.tolist(), order=solver.order, name=name, description=description),
-        adaptive=True,
-    )
-
-
-# Tsitouras (2011), "Runge–Kutta pairs of order 5(4) satisfying only the first column
-# simplifying assumption", Comput. Math. Appl. 62:770–775, Table 1. The 7th stage is
-# FSAL (a₇ = b). torchdiffeq 0.2.5 does not ship it, so odenet registers it there.
-_TSIT5_C = [0.0, 0.161, 0.327, 0.9, 0.9800255409045097, 1.0, 1.0]
-_TSIT5_B = [
-    0.09646076681806523, 0.01, 0.4798896504144996, 1.379008574103742,
-    -3.290069515436081, 2.324710524099774, 0.0,
-]  # fmt: skip
-_TSIT5_A = [
-    [0.0] * 7,
-    [0.161] + [0.0] * 6,
-    [-0.008480655492356989, 0.335480655492357] + [0.0] * 5,
-    [2.8971530571054935, -6.359448489975075, 4.3622954328695815] + [0.0] * 4,
-    [5.325864828439257, -11.748883564062828, 7.4955393428898365, -0.09249506636175525] + [0.0] * 3,
-    [5.86145544294642, -12.92096931784711, 8.159367898576159, -0.071584973281401,
-     -0.028269050394068383, 0.0, 0.0],
-    [*_TSIT5_B[:6], 0.0],
-]  # fmt: skip
-# b − b̂: the difference to the embedded fourth-order weights (the error estimator).
-_TSIT5_B_ERROR = [
-    -0.00178001105222577714, -0.0008164344596567469, 0.007880878010261995,
-    -0.1447110071732629, 0.5823571654525552, -0.45808210592918697, 0.015151515151515152,
-]  # fmt: skip
-
-TSIT5 = ButcherTableau(
-    c=_TSIT5_C,
-    a=_TSIT5_A,
-    b=_TSIT5_B,
-    order=5,
-    name="tsit5",
-    description="Tsitouras 5(4) pair, 7 stages (FSAL), order 5 with a 4th-order error "
-    "estimate. Tsitouras (2011), Comput. Math. Appl. 62:770.",
-)
-
-
-def _tsit5_solver_class() -> type[RKAdaptiveStepsizeODESolver]:
-    f64 = torch.float64
-    # torchdiffeq interpolates with a quartic through y₀, y₁, f₀, f₁ and y(t₀ + h/2); the
-    # midpoint weights solve the continuous order conditions to order 4 at θ = 1/2.
-    mid = dense_output_weights(TSIT5, 0.5, order=4)
-
-    class Tsit5Solver(RKAdaptiveStepsizeODESolver):
-        order = 5
-        tableau = _ButcherTableau(
-            alpha=torch.tensor(_TSIT5_C[1:], dtype=f64),
-            beta=[torch.tensor(row[:i], dtype=f64) for i, row in enumerate(_TSIT5_A[1:], start=1)],
-            c_sol=torch.tensor(_TSIT5_B, dtype=f64),
-            c_error=torch.tensor(_TSIT5_B_ERROR, dtype=f64),
-        )
-
-    Tsit5Solver.mid = torch.tensor(mid, dtype=f64)
-    return Tsit5Solver
-
-
-_tdq_odeint.SOLVERS.setdefault("tsit5", _tsit5_solver_class())
 
 _ADAPTIVE = {
     "dopri5": "Dormand–Prince 5(4), 7 stages (FSAL), order 5. Dormand & Prince (1980), "
@@ -170,6 +92,7 @@ def get_method(solver: str | ButcherTableau | Method) -> Method:
         if key in METHODS:
             return METHODS[key]
         raise UnknownSolverError(
-            f"unknown solver {solver!r}; choose one of: {', '.join(METHODS)} (or pass an odenet.ButcherTableau)"
+            "{solver} is not a known solver; choose one of: " + ", ".join(METHODS) + " (or an odenet.ButcherTableau)",
+            solver=solver,
         )
     raise TypeError(f"solver must be a name or a ButcherTableau, got {type(solver).__name__}")

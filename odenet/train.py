@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,8 +22,12 @@ from torch import Tensor, nn
 
 from odenet.blocks import SolverError, ode_blocks
 from odenet.data.core import TensorData, augment_crop_flip, batches
+from odenet.errors import ConfigError
+from odenet.knobs import check_choice, check_count, check_finite, knob
+from odenet.labels import Variable
 
 __all__ = [
+    "HISTORY",
     "HISTORY_VARIABLES",
     "OPTIMIZERS",
     "PRECISIONS",
@@ -37,19 +41,21 @@ __all__ = [
     "train",
 ]
 
-# The per-epoch history as labelled data: name → (long_name, units), CF style.
-HISTORY_VARIABLES: dict[str, tuple[str, str]] = {
-    # name: (long_name, units)
-    "train_loss": ("mean training cross-entropy", "nat"),
-    "train_accuracy": ("training accuracy", "1"),
-    "test_loss": ("mean test cross-entropy", "nat"),
-    "test_accuracy": ("test accuracy", "1"),
-    "lr": ("learning rate at the start of the epoch", "1"),
-    "wall_time": ("wall-clock time since training started", "s"),
-    "nfe_forward": ("ODE-block function evaluations per training batch, forward", "1"),
-    "nfe_backward": ("ODE-block function evaluations per training batch, backward", "1"),
-    "grad_norm": ("mean global gradient 2-norm per batch", "1"),
-}
+# The per-epoch history, defined once: ``History``, the ``odenet run`` dataset and every
+# study schema are derived from these declarations.
+HISTORY: tuple[Variable, ...] = (
+    Variable("train_loss", ("epoch",), "mean training cross-entropy", "nat"),
+    Variable("train_accuracy", ("epoch",), "training accuracy", "1"),
+    Variable("test_loss", ("epoch",), "mean test cross-entropy", "nat"),
+    Variable("test_accuracy", ("epoch",), "test accuracy", "1"),
+    Variable("lr", ("epoch",), "learning rate at the start of the epoch", "1"),
+    Variable("wall_time", ("epoch",), "wall-clock time since training started", "s"),
+    Variable("nfe_forward", ("epoch",), "ODE-block function evaluations per training batch, forward", "1"),
+    Variable("nfe_backward", ("epoch",), "ODE-block function evaluations per training batch, backward", "1"),
+    Variable("grad_norm", ("epoch",), "mean global gradient 2-norm per batch", "1"),
+)
+# name → (long_name, units), for readers that want the labels only.
+HISTORY_VARIABLES: dict[str, tuple[str, str]] = {v.name: (v.long_name, v.units) for v in HISTORY}
 
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -67,64 +73,70 @@ class TrainConfig:
     precision: ``"fp32"``; ``"bf16"`` autocast (CUDA only); ``"fp64"`` for numerical work.
     """
 
-    epochs: int = 15
-    batch_size: int = 64
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: Literal["onecycle", "cosine", "step", "constant"] = "onecycle"
-    seed: int = 0
-    device: str = "auto"
-    precision: Literal["fp32", "bf16", "fp64"] = "fp32"
+    epochs: int = knob(15, "Training epochs.")
+    batch_size: int = knob(64, "Mini-batch size.")
+    optimizer: Literal["sgd", "adam", "adamw"] = knob("sgd", "Optimiser (SGD with Nesterov momentum, Adam, AdamW).")
+    lr: float = knob(0.1, "(Peak) learning rate.")
+    momentum: float = knob(0.9, "SGD momentum (Nesterov).")
+    weight_decay: float = knob(5e-4, "L2 weight decay (not on norms and biases).")
+    schedule: Literal["onecycle", "cosine", "step", "constant"] = knob("onecycle", "Learning-rate schedule.")
+    seed: int = knob(0, "Seed for weights, data split and batch order.")
+    device: Literal["auto", "cpu", "cuda"] = knob("auto", "auto = CUDA when present.")
+    precision: Literal["fp32", "bf16", "fp64"] = knob("fp32", "bf16 autocast applies on CUDA only.")
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
-        if self.momentum < 0 or self.weight_decay < 0:
-            raise ValueError("momentum and weight_decay must be ≥ 0")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        check_count("epochs", self.epochs)
+        check_count("batch_size", self.batch_size)
+        check_finite("lr", self.lr)
+        check_finite("momentum", self.momentum, strict=False)
+        check_finite("weight_decay", self.weight_decay, strict=False)
+        check_count("seed", self.seed, minimum=0)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("precision", self.precision, PRECISIONS)
+        if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
+            raise ConfigError("{device} is not a device; choose auto, cpu or cuda[:N]", device=self.device)
 
 
-@dataclass
 class History:
-    """Per-epoch measurements of one run (lists indexed by epoch − 1).
+    """Per-epoch measurements of one run: a list per ``HISTORY`` variable (index epoch − 1).
 
-    nfe_forward / nfe_backward: mean function evaluations of the ODE blocks per training
-    batch. grad_norm: mean global gradient 2-norm per batch. ``diverged`` with
-    ``diverged_epoch`` (1-based) and ``reason`` when the run stopped early.
+    Read them as attributes (``history.test_accuracy``). nfe_forward / nfe_backward: mean
+    function evaluations of the ODE blocks per training batch; grad_norm: mean global
+    gradient 2-norm per batch. ``diverged`` with ``diverged_epoch`` (1-based) and
+    ``reason`` when the run stopped early.
     """
 
-    train_loss: list[float] = field(default_factory=list)
-    train_accuracy: list[float] = field(default_factory=list)
-    test_loss: list[float] = field(default_factory=list)
-    test_accuracy: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-    wall_time: list[float] = field(default_factory=list)
-    nfe_forward: list[float] = field(default_factory=list)
-    nfe_backward: list[float] = field(default_factory=list)
-    grad_norm: list[float] = field(default_factory=list)
-    diverged: bool = False
-    diverged_epoch: int | None = None
-    reason: str = ""
+    def __init__(self) -> None:
+        self.series: dict[str, list[float]] = {v.name: [] for v in HISTORY}
+        self.diverged = False
+        self.diverged_epoch: int | None = None
+        self.reason = ""
+
+    def __getattr__(self, name: str) -> list[float]:
+        series = self.__dict__.get("series", {})
+        if name in series:
+            return series[name]
+        raise AttributeError(f"History has no {name!r}; its series are {', '.join(series)}")
+
+    def append(self, **values: float) -> None:
+        """One epoch: a value for every history variable, nothing else."""
+        if set(values) != set(self.series):
+            raise KeyError(f"an epoch needs exactly {sorted(self.series)}, got {sorted(values)}")
+        for name, value in values.items():
+            self.series[name].append(value)
 
     @property
     def epochs(self) -> int:
-        return len(self.train_loss)
+        return len(self.series["train_loss"])
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            **{k: list(v) for k, v in self.series.items()},
+            "diverged": self.diverged,
+            "diverged_epoch": self.diverged_epoch,
+            "reason": self.reason,
+        }
 
 
 def resolve_device(device: str) -> torch.device:
@@ -132,7 +144,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA device is available; use --device cpu or auto")
+        raise ConfigError("{device} was asked for but no CUDA device is available; use cpu or auto", device=device)
     return torch.device(device)
 
 
@@ -264,15 +276,17 @@ def train(
         except SolverError as err:
             _diverge(history, epoch, f"solver failed during evaluation: {err}")
             break
-        history.train_loss.append(train_loss)
-        history.train_accuracy.append(correct.item() / len(data.y_train))
-        history.test_loss.append(test_loss)
-        history.test_accuracy.append(test_acc)
-        history.lr.append(lr)
-        history.wall_time.append(time.perf_counter() - start)
-        history.nfe_forward.append(nfe_f / n_batches)
-        history.nfe_backward.append(nfe_b / n_batches)
-        history.grad_norm.append(grad_sum.item() / n_batches)
+        history.append(
+            train_loss=train_loss,
+            train_accuracy=correct.item() / len(data.y_train),
+            test_loss=test_loss,
+            test_accuracy=test_acc,
+            lr=lr,
+            wall_time=time.perf_counter() - start,
+            nfe_forward=nfe_f / n_batches,
+            nfe_backward=nfe_b / n_batches,
+            grad_norm=grad_sum.item() / n_batches,
+        )
         if shown:
             tqdm.write(
                 f"epoch {epoch:>3}: train loss {train_loss:.4f} acc {history.train_accuracy[-1]:.4f} | "

@@ -7,9 +7,9 @@ import sys
 
 from click.testing import CliRunner
 
-from cli.main import main
 from odenet import __version__
 from odenet.solvers import METHODS
+from odenet_cli.main import main
 
 
 def test_solvers_lists_every_method_with_order_stages_and_kind():
@@ -43,6 +43,8 @@ def test_unknown_command_is_a_usage_error_without_traceback():
 
 
 def test_console_script_is_installed_as_python_module_entry():
-    # `python -m cli.main` is the same application as the `odenet` console script.
-    out = subprocess.run([sys.executable, "-m", "cli.main", "--version"], capture_output=True, text=True, check=True)
+    # `python -m odenet_cli.main` is the same application as the `odenet` console script.
+    out = subprocess.run(
+        [sys.executable, "-m", "odenet_cli.main", "--version"], capture_output=True, text=True, check=True
+    )
     assert "odenet" in out.stdout

@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 from click.testing import CliRunner
 
-from cli.main import main
+from odenet_cli.main import main
 
 SMALL = ["--depth", "8", "--width", "4", "--epochs", "2", "--batch-size", "256", "--no-progress"]
 
@@ -56,17 +56,29 @@ def test_divergence_is_reported_not_raised(tmp_path):
     [
         (["--depth", "21"], "depth 21 is not 6n+2"),
         (["--depth", "21", "--block", "bottleneck"], "not 9n+2"),
-        (["--solver", "rk5"], "'rk5' is not one of 'euler'"),
-        (["--step-size", "0"], "is not in the range x>0"),
-        (["--step-size", "-1"], "is not in the range x>0"),
-        (["--block", "basic", "--solver", "rk4"], "--solver euler only"),
-        (["--solver", "dopri5", "--rtol", "0"], "--rtol"),
-        (["--solver", "dopri5", "--atol", "-1"], "--atol"),
-        (["--epochs", "0"], "--epochs"),
+        (["--solver", "rk5"], "--solver rk5 is not a known solver; choose one of: euler"),
+        (["--step-size", "0"], "--step-size 0.0 is not a step size"),
+        (["--step-size", "-1"], "--step-size -1.0 is not a step size"),
+        (
+            ["--block", "basic", "--solver", "rk4"],
+            "--block basic applies a ReLU after each sum (a projected Euler step) "
+            "and is valid with the euler solver only, not --solver rk4",
+        ),
+        (["--solver", "dopri5", "--rtol", "0"], "--rtol 0.0 is not a tolerance"),
+        (["--solver", "dopri5", "--atol", "-1"], "--atol -1.0 is not a tolerance"),
+        (["--epochs", "0"], "--epochs 0 is not an integer ≥ 1"),
         (["--out", "/nonexistent-dir/run.nc"], "does not exist"),
-        (["--dataset", "cifar10"], "pass --data-dir"),
+        (
+            ["--dataset", "cifar10"],
+            "--dataset cifar10 is read from a local folder: "
+            "set --data-dir to a folder DIR with DIR/cifar-10-batches-py",
+        ),
         (["--dataset", "mnist", "--data-dir", "."], "expected DIR/MNIST/raw"),
-        (["--plain", "--solver", "dopri5"], "fixed-step"),
+        (
+            ["--plain", "--solver", "dopri5"],
+            "--plain (the plain twin) drops the identity from each step "
+            "and is defined for fixed-step solvers only; --solver dopri5 is adaptive",
+        ),
         (["--adjoint"], "--adjoint needs an adaptive solver"),
     ],
 )

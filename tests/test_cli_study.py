@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 from click.testing import CliRunner
 
-from cli.main import main
+from odenet_cli.main import main
 
 TINY = ["--width", "4", "--epochs", "1", "--batch-size", "256", "--no-progress"]
 
@@ -55,7 +55,7 @@ def test_depth_study_dims_variables_and_resume(tmp_path):
 def test_stability_study_at_fixed_step_sizes_and_at_a_fixed_horizon(tmp_path):
     out = tmp_path / "s.nc"
     result = invoke("study", "stability", "--solvers", "euler", "--step-sizes", "log:0.1:1:2", "--depths", "8",
-                    "--eigenvalues", "2", *TINY, "--out", str(out))  # fmt: skip
+                    "--probe-eigenvalues", "2", *TINY, "--out", str(out))  # fmt: skip
     assert result.exit_code == 0, result.output
     ds = xr.open_dataset(out)
     assert dict(ds.done.sizes) == {"solver": 1, "step_size": 2, "depth": 1, "seed": 1}
@@ -65,7 +65,7 @@ def test_stability_study_at_fixed_step_sizes_and_at_a_fixed_horizon(tmp_path):
 
     out = tmp_path / "h.nc"
     result = invoke("study", "stability", "--solvers", "euler", "--horizon", "2", "--depths", "8,14",
-                    "--eigenvalues", "1", *TINY, "--out", str(out))  # fmt: skip
+                    "--probe-eigenvalues", "1", *TINY, "--out", str(out))  # fmt: skip
     assert result.exit_code == 0, result.output
     ds = xr.open_dataset(out)
     assert dict(ds.done.sizes) == {"solver": 1, "depth": 2, "seed": 1}
@@ -109,20 +109,20 @@ def test_study_run_from_a_toml_spec(tmp_path):
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["depth", "--depths", "21"], "--depths: depth 21 is not 6n+2"),
+        (["depth", "--depths", "21"], "cell solver=euler, depth=21, arch=residual, seed=0: depth=21 is not 6n+2"),
         (["depth", "--depths", ""], "--depths: the list is empty"),
-        (["depth", "--depths", "20,x"], "not a comma-separated list of integers"),
+        (["depth", "--depths", "20,x"], "--depths: 'x' is not an integer; write a comma-separated list"),
         (["depth", "--solvers", ""], "--solvers: the list is empty"),
-        (["depth", "--solvers", "euler,nope"], "unknown solver 'nope'"),
+        (["depth", "--solvers", "euler,nope"], "--solvers: 'nope' is not a known solver"),
         (["depth", "--archs", "residual,wide"], "--archs: 'wide' is not residual or plain"),
         (["depth", "--seeds", "0"], "not a positive count"),
         (["stability", "--step-sizes", "-1"], "--step-sizes: -1.0 is not a positive step size"),
         (["stability", "--step-sizes", ""], "--step-sizes: the list is empty"),
-        (["stability", "--step-sizes", "log:1:0:3"], "log-spaced values need START, STOP > 0"),
+        (["stability", "--step-sizes", "log:1:0:3"], "log-spaced values need finite START, STOP > 0"),
         (["stability", "--solvers", "dopri5"], "needs fixed-step solvers"),
-        (["stability", "--horizon", "2", "--step-sizes", "0.1"], "either step sizes or a horizon"),
-        (["convergence", "--refinements", "0,1"], "--refinements: 0.0 is not a positive"),
-        (["convergence", "--reference", "rk4"], "give an adaptive solver"),
+        (["stability", "--horizon", "2", "--step-sizes", "0.1"], "give either --step-sizes or a --horizon"),
+        (["convergence", "--refinements", "0,1"], "--refinements: 0.0 is not a positive step size"),
+        (["convergence", "--reference", "rk4"], "--reference rk4 is fixed-step; give an adaptive solver"),
     ],
 )
 def test_bad_lists_exit_2_with_one_line(tmp_path, args, fragment):
@@ -139,5 +139,5 @@ def test_bad_specs_exit_2_with_one_line(tmp_path):
     spec = tmp_path / "bad.toml"
     spec.write_text('kind = "depth"\ndepths = [21]\n')
     bad = invoke("study", "run", str(spec))
-    assert bad.exit_code == 2 and "depth 21 is not 6n+2" in bad.output
+    assert bad.exit_code == 2 and "depth = 21 is not 6n+2" in bad.output
     assert len([line for line in bad.output.splitlines() if line.startswith("Error:")]) == 1

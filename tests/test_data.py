@@ -130,7 +130,7 @@ def test_missing_files_give_one_line_naming_the_layout(tmp_path, name):
 
 
 def test_no_data_dir_and_unknown_names(tmp_path):
-    with pytest.raises(DataError, match="pass --data-dir"):
+    with pytest.raises(DataError, match="set data_dir to a folder DIR with"):
         load_dataset("cifar10")
     with pytest.raises(DataError, match="is not a folder"):
         load_dataset("cifar10", tmp_path / "nothing")

@@ -115,13 +115,16 @@ def test_a_model_can_be_evaluated_in_float64():
         (dict(depth=21), "not 6n\\+2.*nearest valid depths are 20 and 26"),
         (dict(depth=3), "not 6n\\+2"),
         (dict(depth=21, block="bottleneck"), "not 9n\\+2.*20 and 29"),
-        (dict(depth=20, step_size=0.0), "step_size must be positive"),
-        (dict(depth=20, step_size=-0.1), "step_size must be positive"),
-        (dict(depth=20, solver="rk5"), "unknown solver 'rk5'; choose one of: euler"),
-        (dict(depth=20, block="basic", solver="rk4"), "valid with solver='euler' only.*use block='preact'"),
-        (dict(depth=20, block="wide"), "unknown block"),
-        (dict(depth=20, shortcut="C"), "shortcut must be 'A'"),
-        (dict(depth=20, width=0), "width must be a positive integer"),
+        (dict(depth=20, step_size=0.0), "step_size=0.0 is not a step size: give a positive finite number"),
+        (dict(depth=20, step_size=-0.1), "step_size=-0.1 is not a step size"),
+        (dict(depth=20, solver="rk5"), "solver='rk5' is not a known solver; choose one of: euler"),
+        (
+            dict(depth=20, block="basic", solver="rk4"),
+            "valid with the euler solver only, not solver='rk4'; the pre-activation block \\(preact\\)",
+        ),
+        (dict(depth=20, block="wide"), "block='wide' is not a residual block; choose one of: basic"),
+        (dict(depth=20, shortcut="C"), "shortcut='C' is not a shortcut: choose 'A'"),
+        (dict(depth=20, width=0), "width=0 is not a positive integer"),
     ],
 )
 def test_bad_model_arguments_name_the_fix(kwargs, fragment):
@@ -132,3 +135,16 @@ def test_bad_model_arguments_name_the_fix(kwargs, fragment):
 def test_valid_depths():
     assert valid_depths("preact", 60) == [8, 14, 20, 26, 32, 38, 44, 50, 56]
     assert valid_depths("bottleneck", 50) == [11, 20, 29, 38, 47]
+
+
+def test_the_one_traversal_of_units_is_the_forward_pass():
+    from odenet.models.common import units, walk
+
+    model = cifar_resnet(14, solver="rk4", width=4).eval()
+    x = torch.randn(2, 3, 8, 8)
+    kinds = [u.kind for u in units(model)]
+    assert kinds == ["step"] * 2 + ["transition", "step"] + ["transition", "step"]
+    assert torch.allclose(walk(model, x), model(x), atol=1e-6)
+    assert [u.kind for u in units(model, steps=False)] == ["block", "transition", "block", "transition", "block"]
+    adaptive = cifar_resnet(14, solver="dopri5", width=4).eval()
+    assert torch.allclose(walk(adaptive, x), adaptive(x), atol=1e-5)  # adaptive blocks run whole

@@ -16,11 +16,18 @@ from click.testing import CliRunner
 from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 
-from cli.plot import plot
-from odenet.plots import FIGURES, PlotError, open_result, plot_study, study_figures
+from odenet.plots import FIGURES, PlotError, figures_for, open_result, plot_study, study_figures, unregister
 from odenet.plots.convergence import reference_slope
 from odenet.solvers import get_method
-from odenet.studies.schema import COORDS, variables
+from odenet.studies.schema import coordinates, variables
+from odenet_cli.plot import plot
+
+# Every coordinate any built-in kind has: long_name and units, from the kinds themselves.
+COORDS = {
+    name: attrs
+    for kind in ("depth", "stability", "convergence", "compare")
+    for name, attrs in coordinates(kind).items()
+}
 
 GARBAGE = 1e9  # what an unfinished cell holds here, so that drawing it would show
 EVAL_SOLVERS = ["euler", "rk4"]
@@ -220,13 +227,130 @@ def test_fixed_horizon_layout_read_from_netcdf_plots_against_step_size(tmp_path)
     assert sorted(line.get_xdata()) == [0.25, 1.0, 2.0]
 
 
-def test_unknown_study_kind_and_nothing_finished_are_plot_errors():
+def test_missing_study_kind_and_nothing_finished_are_plot_errors():
     ds = make_study("compare")
     with pytest.raises(PlotError, match="study"):
         study_figures(ds.drop_attrs())
     ds["done"][:] = 0
     with pytest.raises(PlotError, match="finished"):
         study_figures(ds)
+
+
+def test_every_study_kind_registers_its_figures():
+    assert set(FIGURES) == set(EXPECTED)
+
+
+def test_a_registered_kind_is_plotted_with_its_figures(tmp_path):
+    def toy_figures(ds: xr.Dataset) -> dict[str, Figure]:
+        fig = Figure()
+        fig.add_subplot().plot(ds["x"].values)
+        return {"toy-x": fig}
+
+    figures_for("toy")(toy_figures)
+    try:
+        assert FIGURES["toy"] is toy_figures
+        ds = xr.Dataset({"x": ("t", [1.0, 3.0, 2.0])}, attrs={"study": "toy"})
+        assert [p.name for p in plot_study(ds, tmp_path, dpi=30)] == ["toy-x.png"]
+    finally:
+        unregister("toy")
+    assert "toy" not in FIGURES
+
+
+def test_a_kind_registered_twice_with_another_function_is_refused():
+    def first(ds: xr.Dataset) -> dict[str, Figure]:
+        return {}
+
+    def second(ds: xr.Dataset) -> dict[str, Figure]:
+        return {}
+
+    try:
+        figures_for("twice")(first)
+        figures_for("twice")(first)  # the same function again (a module imported twice) is harmless
+        with pytest.raises(ValueError, match="'twice'"):
+            figures_for("twice")(second)
+        assert FIGURES["twice"] is first
+        with pytest.raises(ValueError, match="'depth'"):
+            figures_for("depth")(second)
+    finally:
+        unregister("twice")
+    assert FIGURES["depth"].__name__ == "depth_figures"
+
+
+def new_kind() -> xr.Dataset:
+    """A kind no module knows: width × seed cells, seed 2 of width 64 unfinished (and garbage)."""
+    width, seed, epoch = [16, 32, 64], [0, 1, 2], [1, 2, 3, 4]
+    rng = np.random.default_rng(1)
+    ds = xr.Dataset(attrs={"study": "somethingnew"})
+    ds.coords["width"] = ("width", width, {"long_name": "channels per block", "units": "1"})
+    ds.coords["seed"] = ("seed", seed, _coord_attrs("seed"))
+    ds.coords["epoch"] = ("epoch", epoch, _coord_attrs("epoch"))
+    cells = ("width", "seed")
+    ds["final_test_accuracy"] = (cells, rng.uniform(0.6, 0.95, (3, 3)), {"long_name": "test accuracy", "units": "1"})
+    ds["train_time"] = (cells, rng.uniform(10, 20, (3, 3)), {"long_name": "training time", "units": "s"})
+    ds["parameters"] = (cells, np.full((3, 3), 1000, dtype=np.int64), {"long_name": "parameters", "units": "1"})
+    curve = {"long_name": "test accuracy after the epoch", "units": "1"}
+    ds["test_accuracy"] = ((*cells, "epoch"), rng.uniform(0.5, 0.9, (3, 3, 4)), curve)
+    loss = {"long_name": "mean training cross-entropy", "units": "nat"}
+    ds["train_loss"] = ((*cells, "epoch"), rng.uniform(0.2, 2.0, (3, 3, 4)), loss)
+    ds["done"] = (cells, np.ones((3, 3), dtype=np.int64))
+    ds["done"][{"width": 2, "seed": 2}] = 0
+    for name in ("final_test_accuracy", "train_time", "test_accuracy", "train_loss"):
+        ds[name][{"width": 2, "seed": 2}] = GARBAGE
+    return ds
+
+
+def test_a_kind_without_figures_gets_generic_ones_from_its_labels(tmp_path):
+    ds = new_kind()
+    written = plot_study(ds, tmp_path, formats=("png", "svg"), dpi=30)
+    assert sorted(p.name for p in written) == [
+        "somethingnew-final.png",
+        "somethingnew-final.svg",
+        "somethingnew-history.png",
+        "somethingnew-history.svg",
+    ]
+    assert all(_is_image(p) and p.stat().st_size > 1000 for p in written)
+    figs = study_figures(ds)
+    final, history = figs["somethingnew-final"], figs["somethingnew-history"]
+    # Float variables over the cells only: two panels (the integer parameter count is left out).
+    assert _labels(final) == ["channels per block", "test accuracy", "channels per block", "training time [s]"]
+    assert _labels(history) == ["epoch", "test accuracy after the epoch", "epoch", "mean training cross-entropy [nat]"]
+    for fig in figs.values():
+        assert np.abs(_plotted(fig)).max() < GARBAGE / 10, "an unfinished cell is drawn"
+
+
+def test_generic_final_is_the_seed_mean_with_sample_std_of_finished_cells():
+    ds = new_kind()
+    acc = ds["final_test_accuracy"].values
+    ax = study_figures(ds)["somethingnew-final"].axes[0]
+    (bars,) = ax.containers
+    line, _, (barlines,) = bars
+    mean = [acc[0].mean(), acc[1].mean(), acc[2, :2].mean()]  # width 64: seeds 0 and 1 only
+    std = [acc[0].std(ddof=1), acc[1].std(ddof=1), acc[2, :2].std(ddof=1)]
+    np.testing.assert_allclose(line.get_xdata(), [16, 32, 64])
+    np.testing.assert_allclose(line.get_ydata(), mean)
+    half_heights = [(seg[1, 1] - seg[0, 1]) / 2 for seg in barlines.get_segments()]
+    np.testing.assert_allclose(half_heights, std)
+
+
+def test_generic_curves_are_one_seed_mean_per_other_cell():
+    ds = new_kind()
+    loss = ds["train_loss"].values
+    lines = study_figures(ds)["somethingnew-history"].axes[1].lines
+    assert len(lines) == 3  # one per width
+    for width, line in enumerate(lines):
+        seeds = 2 if width == 2 else 3
+        np.testing.assert_allclose(line.get_xdata(), [1, 2, 3, 4])
+        np.testing.assert_allclose(line.get_ydata(), loss[width, :seeds].mean(axis=0))
+
+
+def test_a_single_seed_has_no_error_bar_and_a_bad_kind_is_refused():
+    ds = new_kind().isel(seed=[0])
+    (bars,) = study_figures(ds)["somethingnew-final"].axes[0].containers
+    _, _, (barlines,) = bars
+    assert not np.isfinite(np.concatenate(barlines.get_segments())).any()
+    for kind in ("../escape", "", "v1.2", 3):
+        with pytest.raises(PlotError, match="study"):
+            study_figures(ds.assign_attrs(study=kind))
 
 
 @pytest.mark.filterwarnings("ignore:The data type.*Zarr V3:FutureWarning")  # fixed-width strings, zarr 3

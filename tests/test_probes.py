@@ -10,16 +10,15 @@ from torch import nn
 
 from odenet import ODEBlock, StepwiseField, get_method
 from odenet.models import cifar_resnet
-from odenet.models.common import ResidualNetwork
+from odenet.models.common import ResidualNetwork, units
 from odenet.probes import (
     calibrate_batchnorm,
     gradient_norms,
     leading_eigenvalues,
     probe_blocks,
     stability_factor,
-    units,
 )
-from odenet.studies.cells import fit_order
+from odenet.studies import fit_order
 
 
 class Linear(nn.Module):
@@ -87,12 +86,12 @@ def test_stability_boundary_on_the_linear_test_equation(solver):
         steps = 60
         probe = probe_blocks(linear_net(a, solver, float(h), steps), torch.randn(1, 2), k=2)
         # The probe's eigenvalues and |R(hλ)| match the known spectrum in every block.
-        assert np.allclose(np.sort(probe.eigenvalues.real, axis=1), [[-4.0, -1.0]] * steps)
+        assert np.allclose(np.sort(probe.eig_real.values, axis=1), [[-4.0, -1.0]] * steps)
         expected = max(abs(method.tableau.stability_function(np.array([h * x]))[0]) for x in lam)
-        assert np.allclose(probe.max_abs_R, expected)
+        assert np.allclose(probe.max_abs_R.values, expected)
         # The per-step amplification of a perturbation never exceeds max|R|, and after
         # 60 steps a perturbation has grown exactly when the step leaves the region.
-        assert np.all(probe.amplification <= expected + 1e-9)
+        assert np.all(probe.amplification.values <= expected + 1e-9)
         assert (expected > 1) == (h > boundary)
         if abs(h / boundary - 1) > 0.05:  # near the boundary, 1.02^60 can lose to a small random start
             assert (probe.perturbation_growth[-1] > 1) == (h > boundary)
@@ -124,7 +123,8 @@ def test_gradient_norms_match_autograd():
     torch.manual_seed(0)
     net = cifar_resnet(14, in_channels=1, width=4)
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
-    theta, state = gradient_norms(net, x, y)
+    norms = gradient_norms(net, x, y)
+    theta, state = norms.block_grad_norm.values, norms.state_grad_norm.values
     assert theta.shape == state.shape == (6,) and np.all(np.isfinite(state))
     ref = net.double().train()
     nn.functional.cross_entropy(ref(x.double()), y).backward()
@@ -136,7 +136,8 @@ def test_gradient_norms_match_autograd():
 
 def test_shared_weights_have_no_per_block_weight_gradient():
     net = cifar_resnet(14, in_channels=1, width=4, weights="shared")
-    theta, state = gradient_norms(net, torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,)))
+    norms = gradient_norms(net, torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,)))
+    theta, state = norms.block_grad_norm.values, norms.state_grad_norm.values
     steps = [i for i, u in enumerate(units(net)) if u.kind == "step"]
     assert np.all(np.isnan(theta[steps])) and np.all(np.isfinite(state))
 

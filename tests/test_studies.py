@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import xarray as xr
 
-import odenet.studies.cells as cells_mod
+import odenet.studies.base as base_mod
 import odenet.studies.runner as runner_mod
 from odenet.experiment import ModelConfig
 from odenet.studies import (
     CompareStudy,
     ConvergenceStudy,
     DepthStudy,
+    ProbeConfig,
     StabilityStudy,
     StoreError,
     Variant,
@@ -38,20 +39,20 @@ def tiny_depth(**kw) -> DepthStudy:
 @pytest.mark.parametrize(
     ("make", "fragment"),
     [
-        (lambda: DepthStudy(depths=(21,)), "depths: depth 21 is not 6n+2"),
+        (lambda: DepthStudy(depths=(21,)), "depth=21, arch=residual, seed=0: depth=21 is not 6n+2"),
         (lambda: DepthStudy(depths=()), "depths: the list is empty"),
         (lambda: DepthStudy(depths=(20, 20)), "repeats"),
-        (lambda: DepthStudy(solvers=("nope",)), "unknown solver 'nope'"),
-        (lambda: DepthStudy(solvers=("dopri5",)), "plain drops the identity"),
-        (lambda: DepthStudy(archs=("wide",)), "arch: 'wide'"),
+        (lambda: DepthStudy(solvers=("nope",)), "solvers: 'nope' is not a known solver"),
+        (lambda: DepthStudy(solvers=("dopri5",)), "arch=plain, seed=0: residual=False (the plain twin) drops"),
+        (lambda: DepthStudy(archs=("wide",)), "'wide' is not residual or plain"),
         (lambda: DepthStudy(seeds=()), "seeds: the list is empty"),
         (lambda: StabilityStudy(step_sizes=(-1.0,)), "step_sizes: -1.0 is not a positive step size"),
         (lambda: StabilityStudy(step_sizes=(math.inf,)), "not a positive step size"),
         (lambda: StabilityStudy(solvers=("dopri5",)), "needs fixed-step solvers"),
-        (lambda: StabilityStudy(horizon=2.0), "either step sizes or a horizon"),
+        (lambda: StabilityStudy(horizon=2.0, step_sizes=(0.1,)), "give either step_sizes or a horizon"),
         (lambda: ConvergenceStudy(reference="rk4"), "give an adaptive solver"),
         (lambda: ConvergenceStudy(reference_tol=0.1), "reference_tol"),
-        (lambda: ConvergenceStudy(model=ModelConfig(depth=21)), "depth: depth 21"),
+        (lambda: ConvergenceStudy(model=ModelConfig(depth=21)), "seed=0: depth=21 is not 6n+2"),
         (lambda: CompareStudy(), "models: the list is empty"),
     ],
 )
@@ -76,7 +77,7 @@ def test_layouts_have_the_documented_dimensions():
     assert layout.extra_coords["step_size"] == ("depth", [3.0, 1.5, 1.0])  # h = T / blocks per stage
     assert {c.model.step_size for c in fixed.cells()} == {3.0, 1.5, 1.0}
     assert ConvergenceStudy().layout().cell_dims == ("train_solver", "step_size", "seed")
-    compare = CompareStudy(variants=(Variant("a", ModelConfig(depth=8)), Variant("b", ModelConfig(depth=14))))
+    compare = CompareStudy(models=(Variant("a", ModelConfig(depth=8)), Variant("b", ModelConfig(depth=14))))
     assert compare.layout().cell_dims == ("model", "seed")
     for kind in ("depth", "stability", "convergence", "compare"):
         assert all(v.long_name and v.units is not None for v in variables(kind))
@@ -99,7 +100,7 @@ def test_study_runs_resume_after_an_interruption_without_recomputing(tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         run_study(study, out, progress=False, on_cell=interrupt_after_two)
     assert not out.exists() and (tmp_path / "killed.nc.zarr").exists()
-    with pytest.raises(StoreError, match="pass --resume"):
+    with pytest.raises(StoreError, match="pass resume=True to continue it"):
         run_study(study, out, progress=False)
 
     calls.clear()
@@ -116,7 +117,7 @@ def test_study_runs_resume_after_an_interruption_without_recomputing(tmp_path, m
     assert (again.skipped, again.computed) == (4, 0)
     with pytest.raises(StoreError, match=r"different depth study config .*epochs: 1 → 2"):
         run_study(tiny_depth(train=TrainConfig(epochs=2, batch_size=256)), out, resume=True, progress=False)
-    with pytest.raises(StoreError, match="exists; choose another --out"):
+    with pytest.raises(StoreError, match="exists; choose another out, or pass resume=True"):
         run_study(study, out, progress=False)
 
 
@@ -188,9 +189,9 @@ def test_solver_failure_is_recorded_as_its_own_outcome(monkeypatch):
         h.diverged, h.diverged_epoch, h.reason = True, 1, "solver failed: dopri5 needed more than max_steps"
         return h
 
-    monkeypatch.setattr(cells_mod, "train", failing_train)
-    study = CompareStudy(train=TINY_TRAIN, variants=(Variant("ode", ModelConfig(depth=8, solver="dopri5")),))
-    values = cells_mod.run_cell(study, study.cells()[0])
+    monkeypatch.setattr(base_mod, "train", failing_train)
+    study = CompareStudy(train=TINY_TRAIN, models=(Variant("ode", ModelConfig(depth=8, solver="dopri5")),))
+    values = base_mod.run_cell(study, study.cells()[0])
     assert OUTCOMES[values["outcome"]] == "solver_failed" and values["diverged"] == 1
     assert math.isnan(values["nfe_forward_final"]) and math.isnan(values["final_test_accuracy"])
 
@@ -246,3 +247,22 @@ def test_the_canonical_specs_are_valid():
     for path in specs:
         parsed = load_study(path)
         assert parsed.out.parent.name == "results" and parsed.study.cells()
+
+
+def test_the_probe_config_sets_the_gradient_batch(monkeypatch):
+    import odenet.studies.kinds.stability as stability_mod
+
+    seen = []
+    real = stability_mod.gradient_norms
+
+    def recording(model, x, y):
+        seen.append(len(x))
+        return real(model, x, y)
+
+    monkeypatch.setattr(stability_mod, "gradient_norms", recording)
+    study = StabilityStudy(
+        model=TINY_MODEL, train=TINY_TRAIN, solvers=("euler",), step_sizes=(1.0,), depths=(8,),
+        probe=ProbeConfig(samples=2, eigenvalues=1, grad_samples=16),
+    )  # fmt: skip
+    base_mod.run_cell(study, study.cells()[0])
+    assert seen == [16, 16]  # at initialisation and after training

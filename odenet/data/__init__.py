@@ -23,12 +23,18 @@ __all__ = [
     "TensorData",
     "augment_crop_flip",
     "batches",
+    "data_kind",
     "digits",
     "load_dataset",
     "mnist1d",
     "spheres",
     "spirals",
 ]
+
+
+def data_kind(name: str) -> str:
+    """``"image"`` for image datasets (CIFAR ResNets), ``"vector"`` otherwise (MLP ResNets)."""
+    return "image" if name in IMAGE_DATASETS else "vector"
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = False, seed: int = 0) -> TensorData:
@@ -48,4 +54,4 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
         return spirals(seed=seed)
     if name in VISION:
         return load_vision(name, data_dir, download)
-    raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    raise DataError("{dataset} is not known; choose one of: " + ", ".join(DATASETS), dataset=name)

@@ -10,10 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from odenet.errors import ConfigError
+
 __all__ = ["DataError", "TensorData", "augment_crop_flip", "batches"]
 
 
-class DataError(ValueError):
+class DataError(ConfigError):
     """A dataset that cannot be loaded (missing files, bad folder, unknown name)."""
 
 

@@ -70,7 +70,7 @@ def mnist1d(seed: int = 42) -> TensorData:
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as err:  # pragma: no cover - a declared dependency
-        raise DataError("mnist1d needs the 'mnist1d' package: pip install mnist1d") from err
+        raise DataError("{dataset} needs the 'mnist1d' package: pip install mnist1d", dataset="mnist1d") from err
     args = get_dataset_args()
     args.seed = seed
     data = make_dataset(args)
@@ -90,7 +90,7 @@ def spheres(
     what makes them a test of ODE-Nets versus ResNets.
     """
     if dim < 1:
-        raise DataError(f"spheres needs dim ≥ 1, got {dim}")
+        raise DataError("{dim} is not a dimension for spheres: give dim ≥ 1", dim=dim)
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % 2
     directions = rng.normal(size=(n, dim))

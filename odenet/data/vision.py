@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from odenet.data.core import DataError, TensorData
+from odenet.errors import NAME_ONLY, literal
 
 __all__ = ["VISION", "load_vision"]
 
@@ -68,22 +69,37 @@ def load_vision(name: str, data_dir: str | Path | None, download: bool = False) 
     split's mean and std; CIFAR gets the crop-and-flip augmentation at training time.
     """
     if name not in VISION:
-        raise DataError(f"unknown vision dataset {name!r}; choose one of: {', '.join(VISION)}")
+        raise DataError("{dataset} is not a vision dataset; choose one of: " + ", ".join(VISION), dataset=name)
     _, num_classes, layout = VISION[name]
     if data_dir is None:
-        raise DataError(f"{name} is read from a local folder: pass --data-dir DIR with {layout}")
+        raise DataError(
+            "{dataset} is read from a local folder: set {data_dir} to a folder DIR with " + literal(layout),
+            dataset=name,
+            data_dir=NAME_ONLY,
+        )
     root = Path(data_dir).expanduser()
     if not root.is_dir() and not download:
-        raise DataError(f"--data-dir {root} is not a folder; {name} expects {layout}")
+        raise DataError(
+            "{data_dir} is not a folder; {dataset} expects " + literal(layout), data_dir=str(root), dataset=name
+        )
     cls = _dataset_class(name)
     try:
         train = cls(str(root), train=True, download=download)
         test = cls(str(root), train=False, download=download)
     except RuntimeError as err:
-        hint = "" if download else " (or pass --download on a machine with network access)"
-        raise DataError(f"no {name} under {root}: expected {layout}{hint}") from err
+        hint = "" if download else " (or set {download} on a machine with network access)"
+        raise DataError(
+            "no {dataset} under {data_dir}: expected " + literal(layout) + hint,
+            dataset=name,
+            data_dir=str(root),
+            **_mention_download(download),
+        ) from err
     except Exception as err:  # a truncated or foreign file: unpickling/parsing errors
-        raise DataError(f"the {name} files under {root} could not be read ({type(err).__name__}: {err})") from err
+        raise DataError(
+            "the {dataset} files under {data_dir} could not be read (" + literal(f"{type(err).__name__}: {err}") + ")",
+            dataset=name,
+            data_dir=str(root),
+        ) from err
     x_train, y_train = _as_tensors(train.data, train.targets)
     x_test, y_test = _as_tensors(test.data, test.targets)
     dims = (0, 2, 3)
@@ -98,6 +114,10 @@ def load_vision(name: str, data_dir: str | Path | None, download: bool = False) 
         num_classes,
         augment="crop_flip" if name.startswith("cifar") else "none",
     )
+
+
+def _mention_download(download: bool) -> dict[str, Any]:
+    return {} if download else {"download": True}
 
 
 def _as_tensors(data: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:

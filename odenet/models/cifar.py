@@ -12,18 +12,19 @@ Table 6: 0.27M (20), 0.46M (32), 0.66M (44), 0.85M (56), 1.7M (110), 19.4M (1202
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from torch import nn
 
 from odenet.blocks import ODEBlock
 from odenet.depth import WeightSharing, depth_field
+from odenet.errors import ConfigError
 from odenet.fields import BasicConvField, BottleneckField, Norm, PreActConvField, make_norm
 from odenet.models.common import ResidualNetwork, Transition, ZeroPadShortcut, check_step_size
 from odenet.solvers import Method, get_method
 from odenet.tableaus import ButcherTableau
 
-__all__ = ["BLOCKS", "cifar_resnet", "valid_depths"]
+__all__ = ["BLOCKS", "SHORTCUTS", "blocks_per_stage", "check_block", "check_positive", "cifar_resnet", "valid_depths"]
 
 Block = Literal["basic", "preact", "bottleneck"]
 BLOCKS: dict[str, tuple[type[nn.Module], int]] = {
@@ -34,6 +35,35 @@ BLOCKS: dict[str, tuple[type[nn.Module], int]] = {
 }
 
 
+SHORTCUTS = ("A", "B")
+
+
+def check_block(block: str, method: Method | None = None, shortcut: str = "A") -> None:
+    """The block family is known, its shortcut too, and the basic block gets Euler."""
+    if block not in BLOCKS:
+        raise ConfigError("{block} is not a residual block; choose one of: " + ", ".join(BLOCKS), block=block)
+    if shortcut not in SHORTCUTS:
+        raise ConfigError(
+            "{shortcut} is not a shortcut: choose 'A' (zero-padding identity) or 'B' (1×1 projection)",
+            shortcut=shortcut,
+        )
+    if block == "basic" and method is not None and method.tableau.stages != 1:
+        raise ConfigError(
+            "{block} applies a ReLU after each sum (a projected Euler step) and is valid with the "
+            "euler solver only, not {solver}; the pre-activation block (preact) takes any solver",
+            block=block,
+            solver=method.name,
+        )
+
+
+def check_positive(**values: object) -> None:
+    """Sizes (widths, classes, channels, depths of MLPs): positive integers."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            mention: dict[str, Any] = {name: value}
+            raise ConfigError("{" + name + "} is not a positive integer", **mention)
+
+
 def valid_depths(block: str = "preact", up_to: int = 1202) -> list[int]:
     """Depths the family admits: 6n+2 (basic, preact) or 9n+2 (bottleneck), n ≥ 1."""
     per = 3 * BLOCKS[block][1]
@@ -41,7 +71,8 @@ def valid_depths(block: str = "preact", up_to: int = 1202) -> list[int]:
 
 
 def blocks_per_stage(depth: int, block: str) -> int:
-    """n for a depth of 6n+2 (9n+2 for bottleneck); a ValueError naming valid depths otherwise."""
+    """n for a depth of 6n+2 (9n+2 for bottleneck); a ``ConfigError`` naming valid depths otherwise."""
+    check_block(block)
     per = 3 * BLOCKS[block][1]
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < per + 2 or (depth - 2) % per:
         form = f"{per}n+2"
@@ -51,7 +82,7 @@ def blocks_per_stage(depth: int, block: str) -> int:
             hint = f"; nearest valid depths are {below} and {above}" if below != above else f"; try {below}"
         else:
             hint = f"; the smallest is {per + 2}"
-        raise ValueError(f"depth {depth!r} is not {form} (n ≥ 1) for block={block!r}{hint}")
+        raise ConfigError(f"{{depth}} is not {form} (n ≥ 1) for {{block}}{hint}", depth=depth, block=block)
     return (depth - 2) // per
 
 
@@ -84,21 +115,11 @@ def cifar_resnet(
         autonomous ODE) or ``"interpolated"`` (continuous in depth).
     x: (batch, in_channels, H, W) → logits (batch, num_classes).
     """
-    if block not in BLOCKS:
-        raise ValueError(f"unknown block {block!r}; choose one of: {', '.join(BLOCKS)}")
-    n = blocks_per_stage(depth, block)
     method = get_method(solver)
+    check_block(block, method, shortcut)
+    n = blocks_per_stage(depth, block)
     h = check_step_size(step_size)
-    if shortcut not in ("A", "B"):
-        raise ValueError(f"shortcut must be 'A' (zero-padding identity) or 'B' (1×1 projection), got {shortcut!r}")
-    if block == "basic" and method.tableau.stages != 1:
-        raise ValueError(
-            f"block='basic' applies a ReLU after each sum (a projected Euler step) and is valid "
-            f"with solver='euler' only, not {method.name!r}; use block='preact' for other solvers"
-        )
-    for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_positive(num_classes=num_classes, in_channels=in_channels, width=width)
 
     field_cls, _ = BLOCKS[block]
     expansion = BottleneckField.expansion if block == "bottleneck" else 1

@@ -1,24 +1,25 @@
-"""Pieces shared by the model families: the network shell, stage transitions, shortcuts."""
+"""Pieces shared by the model families: the network shell, its traversal, stage transitions, shortcuts.
+
+A ``ResidualNetwork`` is stem → body → head, and its body is a sequence of residual
+units: the steps of ``ODEBlock``s and the stage ``Transition``s between them.
+``units`` and ``walk`` are the one traversal of those units; probes and studies use
+them instead of walking the body themselves.
+"""
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from odenet.blocks import ODEBlock, ode_blocks
+from odenet.blocks import ODEBlock, check_step_size, ode_blocks
+from odenet.depth import StepwiseField
+from odenet.solvers import Method
 
-__all__ = ["ResidualNetwork", "Transition", "ZeroPadShortcut", "check_step_size"]
-
-
-def check_step_size(step_size: float) -> float:
-    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)):
-        raise ValueError(f"step_size must be a number, got {step_size!r}")
-    if not (math.isfinite(step_size) and step_size > 0):
-        raise ValueError(f"step_size must be positive and finite (h = 1 is the classic ResNet), got {step_size}")
-    return float(step_size)
+__all__ = ["ResidualNetwork", "Transition", "Unit", "ZeroPadShortcut", "check_step_size", "units", "walk"]
 
 
 class ResidualNetwork(nn.Module):
@@ -38,6 +39,11 @@ class ResidualNetwork(nn.Module):
 
     def ode_blocks(self) -> list[ODEBlock]:
         return list(ode_blocks(self))
+
+    def with_blocks(self, swap: Callable[[ODEBlock], ODEBlock]) -> ResidualNetwork:
+        """The same network (shared modules) with every ODE block replaced by ``swap(block)``."""
+        body = nn.Sequential(*[swap(m) if isinstance(m, ODEBlock) else m for m in self.body])
+        return ResidualNetwork(self.stem, body, self.head).train(self.training)
 
 
 class ZeroPadShortcut(nn.Module):
@@ -95,3 +101,105 @@ class Transition(nn.Module):
         if self.projection is not None:
             out = self.projection(out)
         return out
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One residual unit in forward order.
+
+    kind: ``"step"`` (step ``step`` of an ``ODEBlock``), ``"block"`` (a whole ``ODEBlock``,
+    when the traversal does not split blocks into steps) or ``"transition"``.
+    """
+
+    kind: Literal["step", "block", "transition"]
+    module: nn.Module
+    step: int = 0
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.kind == "step":
+            block: ODEBlock = self.module  # type: ignore[assignment]
+            return block.step(x, self.step)
+        return self.module(x)
+
+    @property
+    def method(self) -> Method | None:
+        return self.module.method if isinstance(self.module, ODEBlock) else None
+
+    @property
+    def step_size(self) -> float:
+        return float(getattr(self.module, "step_size", 1.0))
+
+    @property
+    def time(self) -> float:
+        """t at the start of the step."""
+        return self.step * self.step_size
+
+    def field(self) -> Callable[[Tensor | float, Tensor], Tensor] | None:
+        """F_k of a step (None for a transition, whose state changes shape, or a whole block)."""
+        if self.kind == "step":
+            return self.module.field_at_step(self.step)  # type: ignore[operator]
+        return None
+
+    def weights(self) -> nn.Module | None:
+        """The module holding this unit's own weights; None when they are shared by all steps."""
+        if isinstance(self.module, Transition):
+            return self.module
+        if self.kind != "step":
+            return None
+        field = self.module.field  # type: ignore[union-attr]
+        if isinstance(field, StepwiseField):
+            return field.fields[field.index(self.time + 0.5 * self.step_size)]
+        return None
+
+
+def _network(model: nn.Module) -> ResidualNetwork:
+    if not isinstance(model, ResidualNetwork):
+        raise ValueError(f"this needs an odenet ResidualNetwork (stem, body, head), not {type(model).__name__}")
+    return model
+
+
+def units(model: nn.Module, steps: bool = True) -> list[Unit]:
+    """The residual units of a ``ResidualNetwork`` in forward order.
+
+    steps: split every ``ODEBlock`` into its steps (for an adaptive block these name the
+    weights of each step, but cannot be run one by one); ``False`` gives one unit per block.
+    """
+    out: list[Unit] = []
+    for module in _network(model).body:
+        if isinstance(module, (ODEBlock, Transition)):
+            out += _units_of(module, steps, runnable=False)
+    return out
+
+
+Visit = Callable[[int, Unit, Tensor], Tensor]
+
+
+def walk(model: nn.Module, x: Tensor, visit: Visit | None = None, steps: bool = True) -> Tensor:
+    """stem → every unit (through ``visit(i, unit, x)``, which returns its output) → head.
+
+    Without ``visit`` each unit is simply applied, which equals ``model(x)``. An adaptive
+    block is one unit (it has no states between steps). Modules of the body that are not
+    residual units (none in odenet's own models) are applied as is.
+    x: network inputs (batch, …) → logits (batch, classes).
+    """
+    net = _network(model)
+    apply: Visit = visit or (lambda i, unit, z: unit(z))
+    x = net.stem(x)
+    i = 0
+    for module in net.body:
+        if isinstance(module, (ODEBlock, Transition)):
+            for unit in _units_of(module, steps, runnable=True):
+                x = apply(i, unit, x)
+                i += 1
+        else:
+            x = module(x)
+    return net.head(x)
+
+
+def _units_of(module: nn.Module, steps: bool, runnable: bool) -> list[Unit]:
+    if isinstance(module, Transition):
+        return [Unit("transition", module)]
+    block: ODEBlock = module  # type: ignore[assignment]
+    if steps and not (runnable and block.method.adaptive):
+        return [Unit("step", block, n) for n in range(block.steps)]
+    return [Unit("block", block)]

@@ -7,6 +7,7 @@ from torch import nn
 from odenet.blocks import ODEBlock
 from odenet.depth import WeightSharing, depth_field
 from odenet.fields import MLPField
+from odenet.models.cifar import check_positive
 from odenet.models.common import ResidualNetwork, check_step_size
 from odenet.solvers import Method
 from odenet.tableaus import ButcherTableau
@@ -37,9 +38,7 @@ def mlp_resnet(
     depth: the number of residual blocks (solver steps). x: (batch, in_features) →
     logits (batch, num_classes).
     """
-    for name, value in (("in_features", in_features), ("num_classes", num_classes), ("depth", depth), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_positive(in_features=in_features, num_classes=num_classes, depth=depth, width=width)
     h = check_step_size(step_size)
 
     def make() -> nn.Module:

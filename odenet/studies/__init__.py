@@ -1,23 +1,46 @@
 """Studies: grids of training runs and probes, stored as one labelled ``xarray.Dataset``.
 
-``DepthStudy``, ``StabilityStudy``, ``ConvergenceStudy`` and ``CompareStudy`` describe a
-grid; ``run_study`` computes it (locally or on a Dask cluster) into a resumable store
-and writes netCDF; ``load_study`` reads a TOML specification (``studies/*.toml``).
+Each study kind is one class in one module of ``odenet.studies.kinds`` (``DepthStudy``,
+``StabilityStudy``, ``ConvergenceStudy``, ``CompareStudy``, and any module added there);
+``KINDS`` maps kind names to those classes. ``run_study`` computes a study (locally or on
+a Dask cluster) into a resumable store and writes netCDF; ``load_study`` reads a TOML
+specification (``studies/*.toml``).
 """
 
-from odenet.studies.runner import StudyReport, run_study
-from odenet.studies.spec import CompareStudy, ConvergenceStudy, DepthStudy, ProbeConfig, StabilityStudy, Study, Variant
-from odenet.studies.store import StoreError
+import importlib
+import pkgutil
+
+from odenet.studies import kinds as _kinds
+from odenet.studies.base import KINDS, Cell, Study, run_cell
+
+# Import every kind module so that its class registers itself.
+for _module in pkgutil.iter_modules(_kinds.__path__):
+    importlib.import_module(f"{_kinds.__name__}.{_module.name}")
+
+from odenet.studies.kinds.compare import CompareStudy, Variant  # noqa: E402
+from odenet.studies.kinds.convergence import ConvergenceStudy, fit_order  # noqa: E402
+from odenet.studies.kinds.depth import DepthStudy  # noqa: E402
+from odenet.studies.kinds.stability import ProbeConfig, StabilityStudy  # noqa: E402
+from odenet.studies.runner import Execution, StudyReport, run_study  # noqa: E402
+from odenet.studies.specfile import SpecFile, load_study  # noqa: E402
+from odenet.studies.store import StoreError  # noqa: E402
 
 __all__ = [
+    "KINDS",
+    "Cell",
     "CompareStudy",
     "ConvergenceStudy",
     "DepthStudy",
+    "Execution",
     "ProbeConfig",
+    "SpecFile",
     "StabilityStudy",
     "StoreError",
     "Study",
     "StudyReport",
     "Variant",
+    "fit_order",
+    "load_study",
+    "run_cell",
     "run_study",
 ]

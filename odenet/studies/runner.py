@@ -21,12 +21,24 @@ from typing import Any
 import xarray as xr
 
 from odenet.experiment import device_name, environment
-from odenet.studies.cells import Values, run_cell
-from odenet.studies.spec import Cell, Study
+from odenet.knobs import check_count, knob
+from odenet.studies.base import Cell, Study, Values, run_cell
 from odenet.studies.store import StudyStore
 from odenet.train import resolve_device
 
-__all__ = ["StudyReport", "run_study"]
+__all__ = ["Execution", "StudyReport", "run_study"]
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Where and how a study's cells run (the knobs of ``run_study``)."""
+
+    resume: bool = knob(False, "Continue a killed or failed study: finished cells are kept.")
+    workers: int = knob(1, "Local worker processes (a Dask LocalCluster); 1 runs cells in this process.")
+    scheduler_address: str | None = knob(None, "Run cells on this Dask cluster (tcp://host:8786).")
+
+    def __post_init__(self) -> None:
+        check_count("workers", self.workers)
 
 
 @dataclass
@@ -46,9 +58,9 @@ def run_study(
     study: Study,
     out: str | Path,
     *,
-    resume: bool = False,
-    workers: int = 1,
-    scheduler_address: str | None = None,
+    resume: bool = Execution.resume,
+    workers: int = Execution.workers,
+    scheduler_address: str | None = Execution.scheduler_address,
     progress: bool | None = None,
     on_cell: Callable[[Cell, Values | BaseException], None] | None = None,
 ) -> StudyReport:
@@ -61,8 +73,7 @@ def run_study(
     """
     from tqdm.auto import tqdm
 
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+    Execution(resume, workers, scheduler_address)  # validates
     start = time.perf_counter()
     device = resolve_device(study.train.device)
     attrs = {

@@ -3,7 +3,7 @@
 The store is created once, as the whole dataset filled with NaN (or −1 for integers)
 and a ``done`` mask of zeros, chunked one cell per chunk. Each finished cell is written
 into its own region (``Dataset.to_zarr(region=…)``), and only then is its ``done`` flag
-set; a study killed in the middle of a write leaves that cell not done, and ``--resume``
+set; a study killed in the middle of a write leaves that cell not done, and resuming
 recomputes exactly the cells whose flag is 0. One process writes (the runner), however
 many workers compute.
 """
@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from odenet.studies.schema import COORDS, OUTCOMES, Variable
+from odenet.errors import NAME_ONLY, ConfigError, literal
+from odenet.labels import Variable
+from odenet.studies.schema import OUTCOMES
 
 __all__ = ["Layout", "StoreError", "StudyStore"]
 
@@ -29,7 +31,7 @@ __all__ = ["Layout", "StoreError", "StudyStore"]
 ZARR_FORMAT = 2
 
 
-class StoreError(ValueError):
+class StoreError(ConfigError):
     """A store that cannot be used as asked (exists, belongs to another config, …)."""
 
 
@@ -41,12 +43,14 @@ class Layout:
     inner: the inner dimensions and their coordinate values.
     variables: what every cell fills in.
     extra_coords: non-index coordinates, name → (dimension, values).
+    coord_attrs: coordinate name → (long_name, units).
     """
 
     cells: Mapping[str, Sequence[Any]]
     inner: Mapping[str, Sequence[Any]]
     variables: Sequence[Variable]
     extra_coords: Mapping[str, tuple[str, Sequence[Any]]] = field(default_factory=dict)
+    coord_attrs: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def cell_dims(self) -> tuple[str, ...]:
@@ -59,13 +63,13 @@ class Layout:
         """The full dataset with every value missing (NaN, or −1 for integers)."""
         coords: dict[str, Any] = {}
         for name, values in [*self.cells.items(), *self.inner.items()]:
-            coords[name] = (name, _coord_values(values), _coord_attrs(name))
+            coords[name] = (name, _coord_values(values), self._coord_attrs(name))
         for name, (dim, values) in self.extra_coords.items():
-            coords[name] = (dim, _coord_values(values), _coord_attrs(name))
+            coords[name] = (dim, _coord_values(values), self._coord_attrs(name))
         ds = xr.Dataset(coords=coords, attrs=dict(attrs))
         for var in self.variables:
-            fill = -1 if var.dtype == "int64" else np.nan
-            attrs_v: dict[str, Any] = {"long_name": var.long_name, "units": var.units}
+            fill = var.fill
+            attrs_v: dict[str, Any] = dict(var.attrs)
             if var.name == "outcome":
                 attrs_v |= {"flag_values": list(range(len(OUTCOMES))), "flag_meanings": " ".join(OUTCOMES)}
             ds[var.name] = (self.cell_dims + var.dims, np.full(self.shape(var), fill, dtype=var.dtype), attrs_v)
@@ -76,16 +80,23 @@ class Layout:
         )
         return ds
 
+    def _coord_attrs(self, name: str) -> dict[str, str]:
+        long_name, units = self.coord_attrs.get(name, (name, ""))
+        return {"long_name": long_name, "units": units}
+
+    def variable(self, name: str) -> Variable:
+        """The declared variable ``name``; a ``StoreError`` naming the known ones otherwise."""
+        for var in self.variables:
+            if var.name == name:
+                return var
+        known = ", ".join(v.name for v in self.variables)
+        raise StoreError(literal(f"{name} is not a variable of this study; its variables are: {known}"))
+
 
 def _coord_values(values: Sequence[Any]) -> np.ndarray:
     arr = np.asarray(list(values))
     # Fixed-width unicode survives both Zarr and netCDF without object dtypes.
     return arr.astype(str) if arr.dtype.kind in "OU" else arr
-
-
-def _coord_attrs(name: str) -> dict[str, str]:
-    long_name, units = COORDS.get(name, (name, ""))
-    return {"long_name": long_name, "units": units}
 
 
 class StudyStore:
@@ -106,12 +117,18 @@ class StudyStore:
         if self.zarr.exists():
             if not resume:
                 raise StoreError(
-                    f"{self.zarr} holds an unfinished study; pass --resume to continue it, or delete it to start over"
+                    f"{literal(str(self.zarr))} holds an unfinished study; pass {{resume}} to continue it, "
+                    "or delete it to start over",
+                    resume=True,
                 )
             self._check_config(xr.open_zarr(self.zarr).attrs, attrs)
         elif self.path.exists():
             if not resume:
-                raise StoreError(f"{self.path} exists; choose another --out, or pass --resume to reuse its cells")
+                raise StoreError(
+                    f"{literal(str(self.path))} exists; choose another {{out}}, or pass {{resume}} to reuse its cells",
+                    out=NAME_ONLY,
+                    resume=True,
+                )
             with xr.open_dataset(self.path, engine="h5netcdf") as old:
                 self._check_config(old.attrs, attrs)
                 old.load().to_zarr(self.zarr, mode="w-", encoding=self._encoding(old), zarr_format=ZARR_FORMAT)
@@ -133,7 +150,8 @@ class StudyStore:
             diff = _config_diff(str(stored.get("config", "{}")), str(new.get("config", "{}")))
             raise StoreError(
                 f"the existing results were made by a different {stored.get('study', '?')} study config "
-                f"({diff}); use another --out, or delete the old results"
+                f"({literal(diff)}); use another {{out}}, or delete the old results",
+                out=NAME_ONLY,
             )
 
     # -- cells -------------------------------------------------------------------------
@@ -142,17 +160,32 @@ class StudyStore:
             return ds["done"].values.astype(bool)
 
     def write(self, index: Sequence[int], values: Mapping[str, Any]) -> None:
-        """Store one finished cell (``index`` along the cell dims), then mark it done."""
+        """Store one finished cell (``index`` along the cell dims), then mark it done.
+
+        values: variable name → array of the variable's own shape (a shallower network may
+        fill fewer blocks: the rest keeps the fill value), or an ``xarray`` variable whose
+        dimension names must be the declared ones. A name the layout does not declare is
+        refused (``StoreError``) before anything is written, so a misspelled variable never
+        loses its data silently; a declared one that is absent keeps its fill value.
+        """
         cells = self.layout.cell_dims
+        declared = [self.layout.variable(str(name)) for name in values]
         region = {d: slice(i, i + 1) for d, i in zip(cells, index, strict=True)}
         data = {}
-        for var in self.layout.variables:
-            if var.name not in values:
-                continue
-            value = np.asarray(values[var.name], dtype=var.dtype)
+        for var in declared:
+            value = values[var.name]
+            if isinstance(value, xr.DataArray):
+                if tuple(value.dims) != var.dims:
+                    raise StoreError(
+                        literal(f"{var.name} has dimensions {value.dims}, but the study declares {var.dims}")
+                    )
+                value = value.values
+            value = np.asarray(value, dtype=var.dtype)
             full = self.layout.shape(var)[len(cells) :]
-            if value.shape != full:  # e.g. a shallower net fills fewer blocks: pad with the fill value
-                padded = np.full(full, -1 if var.dtype == "int64" else np.nan, dtype=var.dtype)
+            if value.shape != full:
+                if value.ndim != len(full) or any(n > m for n, m in zip(value.shape, full, strict=True)):
+                    raise StoreError(literal(f"{var.name} has shape {value.shape}; the study holds {full}"))
+                padded = np.full(full, var.fill, dtype=var.dtype)
                 padded[tuple(slice(0, n) for n in value.shape)] = value
                 value = padded
             data[var.name] = (cells + var.dims, value.reshape((1,) * len(cells) + full))

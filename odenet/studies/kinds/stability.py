@@ -1,0 +1,153 @@
+"""Step-size stability: solvers × step sizes × depths × seeds, probed at init and after training.
+
+Every block's leading Jacobian eigenvalues, max |R(hλ)| with the block's own solver,
+perturbation amplification, activation size and gradient norms (``odenet.probes``), at
+initialisation (batch norm calibrated first) and after training; with ``horizon``, the
+step size of each depth is h = horizon / blocks per stage, so T = n·h is held fixed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+from torch import nn
+
+from odenet.data import TensorData
+from odenet.errors import NAME_ONLY, ConfigError
+from odenet.experiment import ModelConfig
+from odenet.knobs import check_count, knob
+from odenet.labels import Variable, over
+from odenet.probes import GRADIENTS, SPECTRUM, calibrate_batchnorm, gradient_norms, missing, probe_blocks
+from odenet.studies.base import (
+    Cell,
+    Study,
+    Values,
+    check_axis,
+    check_solvers,
+    check_step_sizes,
+    init_and_final,
+    inner_blocks,
+    train_cell,
+)
+from odenet.studies.kinds.depth import gradient_batch
+from odenet.train import TrainConfig, resolve_device
+
+__all__ = ["DEFAULT_STEP_SIZES", "ProbeConfig", "StabilityStudy"]
+
+# The step sizes of a fixed-depth sweep when none are given: two decades around h = 1/3.
+DEFAULT_STEP_SIZES = (0.03, 0.1, 0.3, 1.0, 3.0)
+# Training examples that calibrate batch norm before an untrained network is probed.
+CALIBRATION_SAMPLES = 1024
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """How the stability probes look."""
+
+    samples: int = knob(4, "Inputs whose block Jacobians are probed.")
+    eigenvalues: int = knob(4, "Leading eigenvalues per block.")
+    tol: float = knob(1e-2, "ARPACK's relative tolerance for the eigenvalues.")
+    grad_samples: int = knob(256, "Training examples whose loss gradient is measured per block.")
+
+    def __post_init__(self) -> None:
+        for name in ("samples", "eigenvalues", "grad_samples"):
+            check_count(name, getattr(self, name))
+        if not (isinstance(self.tol, float) and 0 < self.tol < 1):
+            raise ConfigError("{tol} must lie in (0, 1)", tol=self.tol)
+
+
+@dataclass(frozen=True)
+class StabilityStudy(Study):
+    """Step size: solvers × step sizes × depths × seeds, probed at init and after training.
+
+    horizon: if set, the step size of each depth is horizon / n (n blocks per stage for
+    conv nets, the depth for MLPs) and ``step_sizes`` is not given.
+    """
+
+    kind: ClassVar[str] = "stability"
+    variables: ClassVar[tuple[Variable, ...]] = over("when", GRADIENTS + SPECTRUM)
+    sets: ClassVar[tuple[str, ...]] = ("solver", "depth", "step_size")
+
+    solvers: tuple[str, ...] = knob(("euler", "midpoint", "rk4"), "Fixed-step solvers.")
+    step_sizes: tuple[float, ...] | None = knob(
+        None, "Step sizes: 0.1,0.3,1 or log:0.01:3:8; default 0.03,0.1,0.3,1,3 (none with a horizon)."
+    )
+    depths: tuple[int, ...] = knob((20,), "One or several depths.")
+    horizon: float | None = knob(None, "Fix T = n·h instead: h = T / blocks per stage.")
+    probe: ProbeConfig = knob(default_factory=ProbeConfig)
+
+    def check(self) -> None:
+        check_solvers("solvers", self.solvers, fixed_only=True)
+        check_axis("depths", self.depths)
+        if self.horizon is None:
+            check_step_sizes("step_sizes", self.grid_step_sizes)
+        else:
+            if not (isinstance(self.horizon, (int, float)) and math.isfinite(self.horizon) and self.horizon > 0):
+                raise ConfigError("{horizon} is not a positive number", horizon=self.horizon)
+            if self.step_sizes:
+                raise ConfigError(
+                    "give either {step_sizes} or a {horizon} (which sets h = horizon / blocks), not both",
+                    step_sizes=NAME_ONLY,
+                    horizon=NAME_ONLY,
+                )
+        if not self.model.residual:
+            raise ConfigError(
+                "stability studies probe residual networks (|R(hλ)| has no meaning without the skip); drop {residual}",
+                residual=False,
+            )
+
+    @property
+    def grid_step_sizes(self) -> tuple[float, ...]:
+        """The step sizes of a fixed-depth sweep: those given, or ``DEFAULT_STEP_SIZES``."""
+        return DEFAULT_STEP_SIZES if self.step_sizes is None else self.step_sizes
+
+    def step_size(self, depth: int) -> float:
+        """h at a fixed horizon: the horizon spread over one stage's blocks."""
+        assert self.horizon is not None
+        n = self.blocks(depth) // 3 if self.image else depth
+        return self.horizon / n
+
+    def axes(self) -> dict[str, Sequence[Any]]:
+        if self.horizon is None:
+            return {"solver": self.solvers, "step_size": self.grid_step_sizes, "depth": self.depths, "seed": self.seeds}
+        return {"solver": self.solvers, "depth": self.depths, "seed": self.seeds}
+
+    def extra_coords(self) -> dict[str, tuple[str, Sequence[Any]]]:
+        if self.horizon is None:
+            return {}
+        return {"step_size": ("depth", [self.step_size(d) for d in self.depths])}
+
+    def cell_configs(self, point: Mapping[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+        h = float(point["step_size"]) if self.horizon is None else self.step_size(point["depth"])
+        model = replace(self.model, solver=point["solver"], depth=point["depth"], step_size=h)
+        return model, replace(self.train, seed=point["seed"])
+
+    def inner(self) -> dict[str, Sequence[Any]]:
+        inner = inner_blocks(self.train.epochs, max(self.blocks(d) for d in self.depths))
+        inner["eig"] = list(range(self.probe.eigenvalues))
+        return inner
+
+    def measure(self, model: nn.Module, data: TensorData, cell: Cell) -> Values:
+        device = resolve_device(cell.train.device)
+        model.to(device)
+        probe = self.probe
+        xs = data.x_train[: probe.samples].to(device)
+        x, y = gradient_batch(data, probe.grad_samples, device)
+        calibrated = calibrate_batchnorm(copy.deepcopy(model), data.x_train[:CALIBRATION_SAMPLES].to(device))
+        spectrum_init = probe_blocks(calibrated, xs, k=probe.eigenvalues, tol=probe.tol, seed=cell.train.seed)
+        grads_init = gradient_norms(model, x, y)
+        values, history = train_cell(model, data, cell)
+        blocks = spectrum_init.sizes["block"]
+        if history.diverged:
+            spectrum_final = missing(SPECTRUM, blocks, probe.eigenvalues)
+            grads_final = missing(GRADIENTS, blocks)
+        else:
+            spectrum_final = probe_blocks(model, xs, k=probe.eigenvalues, tol=probe.tol, seed=cell.train.seed)
+            grads_final = gradient_norms(model, x, y)
+        init = spectrum_init.merge(grads_init)
+        final = spectrum_final.merge(grads_final)
+        return {**values, **init_and_final(init, final)}
