@@ -54,7 +54,8 @@ def output_dir(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
 def plot(result: Path, out: Path, formats: tuple[str, ...], dpi: int) -> None:
     """Draw the figures of a study RESULT (netCDF file or .zarr store) into --out.
 
-    The figures depend on the study kind (depth, stability, convergence, compare);
+    The figures depend on the study kind (those registered with odenet.plots.figures_for,
+    or generic ones drawn from the labelled data);
     unfinished cells of a running study are left out. Prints each file written.
 
     \b
