@@ -158,15 +158,23 @@ def run_experiment(config: RunConfig, progress: bool | None = None) -> RunResult
     start = time.perf_counter()
     history = train(model, data, config.train, progress=progress)
     return RunResult(
-        config, history, model, n_params, data.describe(), device_name(device), time.perf_counter() - start
+        config,
+        history,
+        model,
+        n_params,
+        data.describe(),
+        device_name(device, config.train.threads),
+        time.perf_counter() - start,
     )
 
 
-def device_name(device: torch.device) -> str:
-    """The device as provenance records it: the CUDA card's name, or the CPU and its threads."""
+def device_name(device: torch.device, threads: int | None = None) -> str:
+    """The device as provenance records it: the CUDA card's name, or the CPU and the threads
+    the work ran on (``threads``, or this process's current count)."""
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    count = torch.get_num_threads() if threads is None else threads
+    return f"cpu ({platform.processor() or platform.machine()}, {count} thread{'s' * (count != 1)})"
 
 
 def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

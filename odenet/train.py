@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +39,7 @@ __all__ = [
     "load_checkpoint",
     "resolve_device",
     "save_checkpoint",
+    "torch_threads",
     "train",
 ]
 
@@ -83,6 +85,11 @@ class TrainConfig:
     seed: int = knob(0, "Seed for weights, data split and batch order.")
     device: Literal["auto", "cpu", "cuda"] = knob("auto", "auto = CUDA when present.")
     precision: Literal["fp32", "bf16", "fp64"] = knob("fp32", "bf16 autocast applies on CUDA only.")
+    threads: int | None = knob(
+        None,
+        "CPU threads of torch's kernels (default: torch's own choice). Floating-point sums depend on it, so "
+        "numbers repeat bit for bit only at the same count; studies fix it to 1 per cell.",
+    )
 
     def __post_init__(self) -> None:
         check_count("epochs", self.epochs)
@@ -94,6 +101,8 @@ class TrainConfig:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("precision", self.precision, PRECISIONS)
+        if self.threads is not None:
+            check_count("threads", self.threads)
         if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
             raise ConfigError("{device} is not a device; choose auto, cpu or cuda[:N]", device=self.device)
 
@@ -137,6 +146,24 @@ class History:
             "diverged_epoch": self.diverged_epoch,
             "reason": self.reason,
         }
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with torch's intra-op thread count set to ``threads`` (None: as it is).
+
+    The count changes how reductions are split, hence the rounding of every sum: the
+    same seed gives the same numbers only at the same count. The previous count is
+    restored afterwards, so library callers keep their own setting.
+    """
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads is not None:
+            torch.set_num_threads(before)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -208,7 +235,19 @@ def train(
 
     progress: a tqdm bar per epoch; ``None`` shows it only on a terminal.
     on_epoch: called after every epoch with (epoch, history), e.g. to checkpoint.
+    Runs on ``config.threads`` CPU threads when set.
     """
+    with torch_threads(config.threads):
+        return _train(model, data, config, progress, on_epoch)
+
+
+def _train(
+    model: nn.Module,
+    data: TensorData,
+    config: TrainConfig,
+    progress: bool | None,
+    on_epoch: Callable[[int, History], None] | None,
+) -> History:
     from tqdm.auto import tqdm
 
     device = resolve_device(config.device)

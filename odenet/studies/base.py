@@ -48,7 +48,7 @@ from odenet.solvers import METHODS, UnknownSolverError, get_method
 from odenet.studies.lists import parse_values, seeds_from
 from odenet.studies.schema import COORDS, OUTCOME, OUTCOMES
 from odenet.studies.store import Layout
-from odenet.train import HISTORY, History, TrainConfig, train
+from odenet.train import HISTORY, History, TrainConfig, torch_threads, train
 
 __all__ = ["KINDS", "Cell", "Study", "Values", "run_cell", "train_cell"]
 
@@ -86,7 +86,9 @@ class Study:
     dataset: str = knob("digits", "Embedded, or a torchvision folder given by data_dir.", choices=lambda: DATASETS)
     data_dir: str | None = knob(None, "Folder holding cifar10/cifar100/mnist/fashion-mnist files.")
     model: ModelConfig = knob(default_factory=lambda: ModelConfig(depth=20))
-    train: TrainConfig = knob(default_factory=TrainConfig)
+    # One thread per cell: a cell's numbers then do not depend on how many threads, workers
+    # or machines ran the study (the rounding of every sum depends on the thread count).
+    train: TrainConfig = knob(default_factory=lambda: TrainConfig(threads=1))
     seeds: tuple[int, ...] = knob((0,), "Seeds: a count (3 → seeds 0, 1, 2) or a list such as 0,5,7.")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -102,6 +104,9 @@ class Study:
     def __post_init__(self) -> None:
         self._normalise()
         check_choice("dataset", self.dataset, DATASETS)
+        if self.train.threads is None:
+            # Cells of a study always run on a fixed thread count (recorded in its config).
+            object.__setattr__(self, "train", replace(self.train, threads=1))
         _distinct("seeds", self.seeds)
         for seed in self.seeds:
             if seed < 0:
@@ -269,14 +274,17 @@ def inner_blocks(epochs: int, blocks: int) -> dict[str, Sequence[Any]]:
 
 
 # -- computing a cell --------------------------------------------------------------------
-def run_cell(study: Study, cell: Cell, threads: int | None = None) -> Values:
-    """Compute one cell: load the data, build the model with the cell's seed, measure."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-    data = cached_data(study.dataset, study.data_dir, cell.train.seed)
-    torch.manual_seed(cell.train.seed)
-    model = build_model(cell.model, data)
-    return study.measure(model, data, cell)
+def run_cell(study: Study, cell: Cell) -> Values:
+    """Compute one cell: load the data, build the model with the cell's seed, measure.
+
+    The whole cell (probes before and after training too) runs on the cell's
+    ``train.threads`` CPU threads, whichever process or machine computes it.
+    """
+    with torch_threads(cell.train.threads):
+        data = cached_data(study.dataset, study.data_dir, cell.train.seed)
+        torch.manual_seed(cell.train.seed)
+        model = build_model(cell.model, data)
+        return study.measure(model, data, cell)
 
 
 @lru_cache(maxsize=4)

@@ -11,7 +11,6 @@ diverging network or a failing adaptive solver is a recorded *result*, not a fai
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -81,7 +80,12 @@ def run_study(
         "study": study.kind,
         "config": study.to_json(),
         "Conventions": "CF-1.10",
-        **environment(device_name(device) if scheduler_address is None else f"dask cluster at {scheduler_address}"),
+        "torch_threads": int(study.train.threads or 0),
+        **environment(
+            device_name(device, study.train.threads)
+            if scheduler_address is None
+            else f"dask cluster at {scheduler_address}, {study.train.threads} torch thread(s) per cell"
+        ),
     }
     store = StudyStore(out, study.layout())
     done = store.open(attrs, resume)
@@ -127,17 +131,15 @@ def _execute(
 
     cluster = None
     if address is None:
-        # One thread per worker process, and torch told to share the cores among them.
+        # One task at a time per worker process; each cell sets its own torch thread count.
         cluster = LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
         )
         client = Client(cluster)
-        threads: int | None = max(1, (os.cpu_count() or 1) // workers)
     else:
         client = Client(address)
-        threads = None
     try:
-        futures = {client.submit(run_cell, study, cell, threads, pure=False): cell for cell in cells}
+        futures = {client.submit(run_cell, study, cell, pure=False): cell for cell in cells}
         for future in as_completed(futures):
             cell = futures[future]
             try:
