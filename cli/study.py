@@ -18,6 +18,7 @@ import click
 from odenet.errors import ConfigError
 from odenet.studies import KINDS, Execution, Study, StudyReport, load_study, run_study
 from odenet.studies.base import Cell
+from odenet.studies.runner import WorkersLostError
 from odenet.studies.specfile import toml_name
 from odenet.train import resolve_device
 from odenet_cli.options import Flags, Knob, build, knobs_of
@@ -64,17 +65,20 @@ def _execute(study: Study, out: Path, execution: Execution, progress: bool | Non
             resume=execution.resume,
             workers=execution.workers,
             scheduler_address=execution.scheduler_address,
+            worker_timeout=execution.worker_timeout,
             progress=progress,
             on_cell=on_cell,
         )
     except ConfigError as err:
         raise flags.usage(err) from None
-    except OSError as err:  # e.g. an unreachable scheduler address
-        raise click.UsageError(f"{err}; check --scheduler-address or the output path") from None
+    except WorkersLostError as err:
+        raise click.ClickException(str(err).replace("with resume", "with --resume")) from None
     _report(report)
 
 
 def _report(report: StudyReport) -> None:
+    for labels, name, what in report.repaired:
+        click.echo(f"  {' '.join(map(str, labels))}: stored {name} was damaged ({what}); computed again")
     skipped = f", {report.skipped} already done" if report.skipped else ""
     click.echo(f"{report.computed} cells computed{skipped} in {report.seconds:.0f} s; dataset written to {report.path}")
     if report.failures:

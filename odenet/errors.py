@@ -22,6 +22,9 @@ class _NameOnly:
     def __repr__(self) -> str:
         return "NAME_ONLY"
 
+    def __reduce__(self) -> str:
+        return "NAME_ONLY"  # unpickles as this module's singleton, so ``is NAME_ONLY`` holds
+
 
 NAME_ONLY: Any = _NameOnly()
 
@@ -61,6 +64,14 @@ class ConfigError(ValueError):
     def within(self, context: str) -> ConfigError:
         """The same error, prefixed by where it happened (outermost context first)."""
         outer = f"{context}: {self.context}" if self.context else context
-        err = type(self).__new__(type(self))
-        ConfigError.__init__(err, self.template, context=outer, **self.mentions)
-        return err
+        return _rebuild(type(self), self.template, outer, self.mentions)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Raised on a Dask worker and re-raised here: keep the template and mentions.
+        return (_rebuild, (type(self), self.template, self.context, self.mentions))
+
+
+def _rebuild(cls: type[ConfigError], template: str, context: str, mentions: dict[str, Any]) -> ConfigError:
+    err = cls.__new__(cls)
+    ConfigError.__init__(err, template, context=context, **mentions)
+    return err

@@ -82,6 +82,9 @@ class Study:
     coords: ClassVar[Mapping[str, tuple[str, str]]] = {}
     sets: ClassVar[tuple[str, ...]] = ()
     command: ClassVar[bool] = True  # has an ``odenet study KIND`` command (False: specs only)
+    # Fields that may differ when a study is resumed: they do not change what a finished
+    # cell means (the data folder may move, or be fixed after a failed start).
+    incidental: ClassVar[tuple[str, ...]] = ("data_dir",)
 
     dataset: str = knob("digits", "Embedded, or a torchvision folder given by data_dir.", choices=lambda: DATASETS)
     data_dir: str | None = knob(None, "Folder holding cifar10/cifar100/mnist/fashion-mnist files.")

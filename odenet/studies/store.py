@@ -2,16 +2,23 @@
 
 The store is created once, as the whole dataset filled with NaN (or −1 for integers)
 and a ``done`` mask of zeros, chunked one cell per chunk. Each finished cell is written
-into its own region (``Dataset.to_zarr(region=…)``), and only then is its ``done`` flag
-set; a study killed in the middle of a write leaves that cell not done, and resuming
-recomputes exactly the cells whose flag is 0. One process writes (the runner), however
+into its own region (``Dataset.to_zarr(region=…)``) together with a CRC-32 of every
+variable's values, and only then is its ``done`` flag set; a study killed in the middle
+of a write leaves that cell not done, and resuming recomputes exactly the cells whose
+flag is 0. One process writes (the runner, holding ``odenet.studies.lock``), however
 many workers compute.
+
+A finished cell is verified against its checksums when a study is resumed (a damaged
+cell — a deleted or truncated chunk — is reported by cell and variable and computed
+again) and before the result is exported (a damaged cell is refused, never written as
+data). Unreadable store metadata is a ``StoreError`` that says what to do.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +36,24 @@ __all__ = ["Layout", "StoreError", "StudyStore"]
 # Zarr format 2: its fixed-width unicode (solver names, …) and consolidated metadata are
 # specified, where format 3 still flags both as unstable extensions.
 ZARR_FORMAT = 2
+# The store's own bookkeeping, dropped from the exported result.
+CHECKSUM = "checksum"
+CHECKSUM_DIM = "stored_variable"
+
+
+def checksum(values: np.ndarray) -> int:
+    """CRC-32 of an array's bytes (C order), as stored for every variable of a cell."""
+    return zlib.crc32(np.ascontiguousarray(values).tobytes())
+
+
+@dataclass(frozen=True)
+class Damage:
+    """A stored variable of a finished cell that does not read back as it was written."""
+
+    index: tuple[int, ...]
+    labels: tuple[Any, ...]
+    variable: str
+    what: str
 
 
 class StoreError(ConfigError):
@@ -78,6 +103,12 @@ class Layout:
             np.zeros([len(v) for v in self.cells.values()], dtype="int8"),
             {"long_name": "cell finished and stored (1) or not (0)", "units": "1"},
         )
+        ds.coords[CHECKSUM_DIM] = (CHECKSUM_DIM, np.asarray([v.name for v in self.variables]).astype(str))
+        ds[CHECKSUM] = (
+            (*self.cell_dims, CHECKSUM_DIM),
+            np.zeros([len(v) for v in self.cells.values()] + [len(self.variables)], dtype="int64"),
+            {"long_name": "CRC-32 of each stored variable of the cell (store bookkeeping)", "units": "1"},
+        )
         return ds
 
     def _coord_attrs(self, name: str) -> dict[str, str]:
@@ -108,12 +139,16 @@ class StudyStore:
         self.layout = layout
 
     # -- opening -----------------------------------------------------------------------
-    def open(self, attrs: Mapping[str, Any], resume: bool) -> np.ndarray:
+    def open(self, attrs: Mapping[str, Any], resume: bool, ignore: Sequence[str] = ()) -> np.ndarray:
         """Create the store, or reopen it with ``resume``; return the ``done`` mask.
 
         Refuses (``StoreError``) to overwrite a result or an unfinished store without
-        ``resume``, and to resume a store that another config made.
+        ``resume``, and to resume a store that another config made (config keys in
+        ``ignore`` may differ: they do not change what a finished cell means). On resume,
+        finished cells whose stored values fail their checksums are listed in
+        ``self.repaired`` and marked unfinished, so they are computed again.
         """
+        self.repaired: list[tuple[tuple[Any, ...], str, str]] = []  # (cell labels, variable, what)
         if self.zarr.exists():
             if not resume:
                 raise StoreError(
@@ -121,7 +156,7 @@ class StudyStore:
                     "or delete it to start over",
                     resume=True,
                 )
-            self._check_config(xr.open_zarr(self.zarr).attrs, attrs)
+            self._check_config(self._open().attrs, attrs, ignore)
         elif self.path.exists():
             if not resume:
                 raise StoreError(
@@ -129,13 +164,61 @@ class StudyStore:
                     out=NAME_ONLY,
                     resume=True,
                 )
-            with xr.open_dataset(self.path, engine="h5netcdf") as old:
-                self._check_config(old.attrs, attrs)
-                old.load().to_zarr(self.zarr, mode="w-", encoding=self._encoding(old), zarr_format=ZARR_FORMAT)
+            try:
+                old = xr.open_dataset(self.path, engine="h5netcdf").load()
+            except (OSError, ValueError) as err:
+                raise StoreError(
+                    literal(f"{self.path} cannot be read as a study result ({type(err).__name__}: {err}); ")
+                    + "choose another {out}, or delete it",
+                    out=NAME_ONLY,
+                ) from None
+            self._check_config(old.attrs, attrs, ignore)
+            old = self._with_checksums(old)
+            old.to_zarr(self.zarr, mode="w-", encoding=self._encoding(old), zarr_format=ZARR_FORMAT)
         else:
             template = self.layout.template(attrs)
             template.to_zarr(self.zarr, mode="w-", encoding=self._encoding(template), zarr_format=ZARR_FORMAT)
+            return self.done()
+        damaged = self.verify()
+        for index in {d.index for d in damaged}:
+            self._mark(index, 0)
+        self.repaired = [(d.labels, d.variable, d.what) for d in damaged]
         return self.done()
+
+    def _open(self) -> xr.Dataset:
+        """The store as a lazy dataset; damaged metadata is a ``StoreError`` saying what to do."""
+        errors = []
+        for consolidated in (True, False):
+            try:
+                ds = xr.open_zarr(self.zarr, consolidated=consolidated)
+            except Exception as err:  # JSON, KeyError, zarr and codec errors of a damaged store
+                errors.append(f"{type(err).__name__}: {err}")
+                continue
+            if not consolidated:
+                # Only the consolidated copy of the metadata was damaged: rebuild it from the
+                # per-array metadata, which writes read too.
+                import zarr
+
+                zarr.consolidate_metadata(str(self.zarr))
+            return ds
+        raise StoreError(
+            literal(
+                f"the store {self.zarr} is damaged: its metadata cannot be read ({errors[-1]}); delete it and "
+                "run the study again (its finished cells are lost)"
+            )
+        )
+
+    def _with_checksums(self, ds: xr.Dataset) -> xr.Dataset:
+        """A finished result read back for resuming, with the checksums its export dropped."""
+        cells = self.layout.cell_dims
+        names = [v.name for v in self.layout.variables]
+        sums = np.zeros([ds.sizes[d] for d in cells] + [len(names)], dtype="int64")
+        for index in np.ndindex(*sums.shape[:-1]):
+            for j, name in enumerate(names):
+                sums[(*index, j)] = checksum(ds[name].values[index])
+        ds = ds.assign_coords({CHECKSUM_DIM: np.asarray(names).astype(str)})
+        ds[CHECKSUM] = ((*cells, CHECKSUM_DIM), sums)
+        return ds
 
     def _encoding(self, ds: xr.Dataset) -> dict[str, dict[str, Any]]:
         # One chunk per cell along the cell dimensions: each cell write touches only its own chunks.
@@ -145,8 +228,9 @@ class StudyStore:
         return enc
 
     @staticmethod
-    def _check_config(stored: Mapping[str, Any], new: Mapping[str, Any]) -> None:
-        if stored.get("study") != new.get("study") or stored.get("config") != new.get("config"):
+    def _check_config(stored: Mapping[str, Any], new: Mapping[str, Any], ignore: Sequence[str] = ()) -> None:
+        old_config, new_config = _without(stored.get("config"), ignore), _without(new.get("config"), ignore)
+        if stored.get("study") != new.get("study") or old_config != new_config:
             diff = _config_diff(str(stored.get("config", "{}")), str(new.get("config", "{}")))
             raise StoreError(
                 f"the existing results were made by a different {stored.get('study', '?')} study config "
@@ -156,8 +240,49 @@ class StudyStore:
 
     # -- cells -------------------------------------------------------------------------
     def done(self) -> np.ndarray:
-        with xr.open_zarr(self.zarr) as ds:
+        with self._open() as ds:
             return ds["done"].values.astype(bool)
+
+    def _mark(self, index: Sequence[int], flag: int) -> None:
+        cells = self.layout.cell_dims
+        region = {d: slice(i, i + 1) for d, i in zip(cells, index, strict=True)}
+        xr.Dataset({"done": (cells, np.full((1,) * len(cells), flag, dtype="int8"))}).to_zarr(self.zarr, region=region)
+
+    def verify(self) -> list[Damage]:
+        """Finished cells whose stored values do not match their checksums.
+
+        One ``Damage`` for every damaged variable of a finished cell: a deleted chunk reads
+        back as fill values, a truncated one fails to decode. A store written before
+        checksums existed is not checked.
+        """
+        import zarr
+
+        try:
+            group = zarr.open_group(str(self.zarr), mode="r", use_consolidated=False)
+            if CHECKSUM not in group:
+                return []
+            arrays: dict[str, Any] = {name: group[name] for name in [*(v.name for v in self.layout.variables), "done"]}
+            done = np.asarray(arrays["done"][...]).astype(bool)
+            sums = np.asarray(group[CHECKSUM][...])  # type: ignore[index]
+        except Exception as err:
+            raise StoreError(
+                literal(f"the store {self.zarr} is damaged ({type(err).__name__}: {err}); delete it and run again")
+            ) from None
+        names = [v.name for v in self.layout.variables]
+        damaged = []
+        for found in zip(*np.nonzero(done), strict=True):
+            index = tuple(int(i) for i in found)
+            labels = tuple(list(values)[i] for values, i in zip(self.layout.cells.values(), index, strict=True))
+            for j, name in enumerate(names):
+                try:
+                    stored = np.asarray(arrays[name][index])
+                except Exception as err:  # a truncated or corrupt chunk
+                    damaged.append(Damage(index, labels, name, f"unreadable ({type(err).__name__})"))
+                    continue
+                if checksum(stored) != int(sums[(*index, j)]):
+                    what = "values differ from those written (a chunk is missing or altered)"
+                    damaged.append(Damage(index, labels, name, what))
+        return damaged
 
     def write(self, index: Sequence[int], values: Mapping[str, Any]) -> None:
         """Store one finished cell (``index`` along the cell dims), then mark it done.
@@ -169,11 +294,14 @@ class StudyStore:
         loses its data silently; a declared one that is absent keeps its fill value.
         """
         cells = self.layout.cell_dims
-        declared = [self.layout.variable(str(name)) for name in values]
+        for name in values:
+            self.layout.variable(str(name))  # refuses an undeclared name before anything is written
         region = {d: slice(i, i + 1) for d, i in zip(cells, index, strict=True)}
         data = {}
-        for var in declared:
-            value = values[var.name]
+        sums = []
+        for var in self.layout.variables:
+            full = self.layout.shape(var)[len(cells) :]
+            value = values.get(var.name, np.full(full, var.fill, dtype=var.dtype))
             if isinstance(value, xr.DataArray):
                 if tuple(value.dims) != var.dims:
                     raise StoreError(
@@ -181,7 +309,6 @@ class StudyStore:
                     )
                 value = value.values
             value = np.asarray(value, dtype=var.dtype)
-            full = self.layout.shape(var)[len(cells) :]
             if value.shape != full:
                 if value.ndim != len(full) or any(n > m for n, m in zip(value.shape, full, strict=True)):
                     raise StoreError(literal(f"{var.name} has shape {value.shape}; the study holds {full}"))
@@ -189,21 +316,46 @@ class StudyStore:
                 padded[tuple(slice(0, n) for n in value.shape)] = value
                 value = padded
             data[var.name] = (cells + var.dims, value.reshape((1,) * len(cells) + full))
-        xr.Dataset(data).to_zarr(self.zarr, region=region)
-        flag = np.ones((1,) * len(cells), dtype="int8")
-        xr.Dataset({"done": (cells, flag)}).to_zarr(self.zarr, region=region)
+            sums.append(checksum(value))
+        data[CHECKSUM] = ((*cells, CHECKSUM_DIM), np.asarray(sums, dtype="int64").reshape((1,) * len(cells) + (-1,)))
+        xr.Dataset(data).to_zarr(self.zarr, region={**region, CHECKSUM_DIM: slice(None)})
+        self._mark(index, 1)
 
     # -- the result --------------------------------------------------------------------
     def finalize(self, keep_store: bool = False) -> xr.Dataset:
-        """Write the netCDF result (h5netcdf) and, unless ``keep_store``, remove the Zarr store."""
-        with xr.open_zarr(self.zarr) as ds:
-            result = ds.load()
+        """Write the netCDF result (h5netcdf) and, unless ``keep_store``, remove the Zarr store.
+
+        Every finished cell is verified first: a damaged one is refused (``StoreError``
+        naming the cell and variable), never exported as data.
+        """
+        damaged = self.verify()
+        if damaged:
+            first = damaged[0]
+            raise StoreError(
+                literal(
+                    f"{len(damaged)} stored value(s) of finished cells are damaged, first {first.variable} of cell "
+                )
+                + literal(" ".join(map(str, first.labels)) + f": {first.what}")
+                + "; pass {resume} to compute those cells again",
+                resume=True,
+            )
+        with self._open() as ds:
+            result = ds.drop_vars([CHECKSUM, CHECKSUM_DIM], errors="ignore").load()
         tmp = self.path.with_name(self.path.name + ".tmp")
         result.to_netcdf(tmp, engine="h5netcdf")
         tmp.replace(self.path)  # atomic: a reader never sees half a file
         if not keep_store:
             shutil.rmtree(self.zarr)
         return result
+
+
+def _without(config: Any, keys: Sequence[str]) -> Any:
+    """The config JSON as a dict without the top-level ``keys`` (unparsable: as it is)."""
+    try:
+        parsed = json.loads(str(config))
+    except json.JSONDecodeError:
+        return config
+    return {k: v for k, v in parsed.items() if k not in keys} if isinstance(parsed, dict) else parsed
 
 
 def _config_diff(old: str, new: str) -> str:
