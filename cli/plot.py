@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import tempfile
 from pathlib import Path
 
 import click
@@ -25,9 +25,14 @@ def output_dir(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
     value = value.expanduser()
     if value.exists() and not value.is_dir():
         raise click.BadParameter(f"{value} is a file; give a directory for the figures (it is created if missing)")
-    existing = next(p for p in (value, *value.absolute().parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise click.BadParameter(f"cannot write to {value}; choose a directory you can write to")
+    try:  # tried for real: permission bits say nothing about /proc or read-only mounts
+        value.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=value, prefix=".odenet-", suffix=".probe"):
+            pass
+    except OSError as err:
+        raise click.BadParameter(
+            f"cannot write to {value} ({err.strerror}); choose a directory you can write to"
+        ) from None
     return value
 
 

@@ -8,6 +8,7 @@ bar are the command's own.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,11 @@ FLAGS = Flags(KNOBS)
 
 
 def writable_file(ctx: click.Context | None, param: click.Parameter | None, value: Path | None) -> Path | None:
-    """Refuse an output path that cannot be written *before* any training is done."""
+    """Refuse an output path that cannot be written *before* any training is done.
+
+    The folder is tried for real (a file is created there and removed): permission bits
+    say nothing about /proc, read-only mounts or full disks.
+    """
     if value is None:
         return None
     value = value.expanduser()
@@ -33,7 +38,12 @@ def writable_file(ctx: click.Context | None, param: click.Parameter | None, valu
     parent = value.parent if str(value.parent) else Path(".")
     if not parent.is_dir():
         raise click.BadParameter(f"directory {parent} does not exist; create it or choose another path")
-    if not os.access(parent, os.W_OK) or (value.exists() and not os.access(value, os.W_OK)):
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".odenet-", suffix=".probe"):
+            pass
+    except OSError as err:
+        raise click.BadParameter(f"cannot write to {parent} ({err.strerror}); choose a path you can write to") from None
+    if value.exists() and not os.access(value, os.W_OK):
         raise click.BadParameter(f"cannot write to {value}; choose a path you can write to")
     return value
 
@@ -53,6 +63,7 @@ OUTPUTS = [
         callback=writable_file,
         help="Save the trained weights here (read back with torch.load(weights_only=True)).",
     ),
+    click.Option(["--force"], is_flag=True, help="Overwrite an existing --out or --checkpoint file."),
     click.Option(["--progress/--no-progress"], default=None, help="Progress bars (default: only on a terminal)."),
 ]
 
@@ -69,10 +80,27 @@ def config_from(values: dict[str, Any]) -> RunConfig:
 
 def _run(**opts: Any) -> None:
     config = config_from(opts)
+    for name in ("out", "checkpoint"):
+        if opts[name] is not None and opts[name].exists() and not opts["force"]:
+            raise click.UsageError(
+                f"--{name} {opts[name]} exists; pass --force to overwrite it, or choose another path"
+            )
+    finished: list[Any] = []
+
+    def keep(result: Any) -> None:  # after every epoch: an interrupted run keeps what it finished
+        finished[:] = [result]
+        if opts["out"] is not None:
+            save_history(result, opts["out"])
+
     try:
-        result = run_experiment(config, progress=opts["progress"])
+        result = run_experiment(config, progress=opts["progress"], on_epoch=keep)
     except ConfigError as err:  # e.g. missing dataset files
         raise FLAGS.usage(err) from None
+    except KeyboardInterrupt:
+        epochs = finished[0].history.epochs if finished else 0
+        where = f"; their history is in {opts['out']}" if opts["out"] is not None and finished else ""
+        click.echo(f"interrupted after {epochs} finished epoch{'s' * (epochs != 1)}{where}", err=True)
+        raise SystemExit(130) from None
     h = result.history
     if opts["out"] is not None:
         save_history(result, opts["out"])

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torchdiffeq import odeint, odeint_adjoint
 from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver, _ButcherTableau
 
+from odenet.errors import NAME_ONLY, ConfigError
 from odenet.tableaus import ButcherTableau, dense_output_weights
 
 __all__ = ["TSIT5", "Counts", "SolverError", "solve", "torchdiffeq_order", "torchdiffeq_tableau"]
@@ -213,6 +214,15 @@ class _CountingField(nn.Module):
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         out = self.field(t, x)
+        if self.counts.forward == 0 and not self.forward_done and out.shape != x.shape:
+            raise ConfigError(
+                "the {field} returned shape "
+                + str(tuple(out.shape))
+                + " for a state of shape "
+                + str(tuple(x.shape))
+                + ": a vector field returns dx/dt, shaped like x",
+                field=NAME_ONLY,
+            )
         if not self.forward_done:
             self.counts.forward += 1
             if self.backprop and out.requires_grad:

@@ -20,6 +20,7 @@ Euler only.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -157,6 +158,7 @@ class ODEBlock(nn.Module):
             raise ConfigError("{max_steps} is not a bound on steps: give a positive integer", max_steps=max_steps)
         if not callable(field):
             raise ConfigError("{field} is not a vector field: give an nn.Module called as field(t, x)", field=field)
+        _check_signature(field.fields[0] if isinstance(field, StepwiseField) else field)
         horizon = steps * h
         if isinstance(field, StepwiseField) and not math.isclose(field.horizon, horizon, rel_tol=1e-9):
             raise ConfigError(
@@ -181,6 +183,9 @@ class ODEBlock(nn.Module):
         # (stage index, bᵢ) for the non-zero weights; h is applied once to the sum.
         self._weights = tuple((i, float(bi)) for i, bi in enumerate(method.tableau.b) if bi != 0.0)
         self._counts = Counts()
+        # t of every stage of every step, per (device, dtype): built once, indexed per stage,
+        # so fields get t as a 0-d tensor (torchdiffeq's convention) without a copy per step.
+        self._times: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
     # -- evaluation with other settings -------------------------------------------------
     @property
@@ -266,18 +271,31 @@ class ODEBlock(nn.Module):
         if self.method.adaptive:
             raise ValueError(f"step() is defined for fixed-step solvers; {self.method.name!r} is adaptive")
         t = n * self.step_size
-        return self._advance(self._field_for_step(t), t, x)
+        return self._advance(self._field_for_step(t), self._time_table(x)[n], x)
 
-    def _advance(self, f: Callable[[Tensor | float, Tensor], Tensor], t: float, x: Tensor) -> Tensor:
+    def _time_table(self, x: Tensor) -> Tensor:
+        """(steps, stages) tensor of the stage times t + cᵢh on x's device, in x's dtype."""
+        key = (x.device, x.dtype)
+        table = self._times.get(key)
+        if table is None:
+            h = self.step_size
+            rows = [[n * h + stage.dt for stage in self._stages] for n in range(self.steps)]
+            dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+            table = self._times[key] = torch.tensor(rows, dtype=dtype, device=x.device)
+        return table
+
+    def _advance(self, f: Callable[[Tensor | float, Tensor], Tensor], times: Tensor, x: Tensor) -> Tensor:
         # Each tableau term is one fused multiply-add, torch.add(a, b, alpha=w): at small
         # sizes the cost of a step is its operator count, so a*b + c as two ops is not free.
         h = self.step_size
         k: list[Tensor] = []
-        for stage in self._stages:
+        for i, stage in enumerate(self._stages):
             xi = x
             for j, ahij in stage.terms:
                 xi = torch.add(xi, k[j], alpha=ahij)
-            k.append(f(t + stage.dt, xi))
+            k.append(f(times[i], xi))
+        if k[0].shape != x.shape:  # a shape comparison, no device work
+            raise _shape_error(k[0], x)
         weights = self._weights
         if self.residual:
             for i, bi in weights:
@@ -293,9 +311,9 @@ class ODEBlock(nn.Module):
 
     def _fixed(self, x: Tensor) -> Tensor:
         h = self.step_size
+        times = self._time_table(x)
         for n in range(self.steps):
-            t = n * h
-            x = self._advance(self._field_for_step(t), t, x)
+            x = self._advance(self._field_for_step(n * h), times[n], x)
         self.nfe_forward = self.steps * len(self._stages)
         if x.requires_grad:
             nfe = self.nfe_forward
@@ -332,6 +350,37 @@ class ODEBlock(nn.Module):
         if not self.residual:
             parts.append("residual=False")
         return ", ".join(parts)
+
+
+def _check_signature(field: Any) -> None:
+    """A field is called as field(t, x); one whose forward takes only x fails here, not mid-solve."""
+    forward = field.forward if isinstance(field, nn.Module) else field
+    try:
+        params = inspect.signature(forward).parameters.values()
+    except (TypeError, ValueError):  # builtins and C callables: nothing to check
+        return
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < 2:
+        names = ", ".join(p.name for p in positional) or "nothing"
+        raise ConfigError(
+            "{field} is called as field(t, x), torchdiffeq's convention, but its forward takes ("
+            + names
+            + "); add the time argument: def forward(self, t, x) (t may be ignored)",
+            field=type(field).__name__,
+        )
+
+
+def _shape_error(out: Tensor, x: Tensor) -> ConfigError:
+    return ConfigError(
+        "the {field} returned shape "
+        + str(tuple(out.shape))
+        + " for a state of shape "
+        + str(tuple(x.shape))
+        + ": a vector field returns dx/dt, shaped like x (use a Transition to change shape)",
+        field=NAME_ONLY,
+    )
 
 
 def ode_blocks(model: nn.Module) -> Iterator[ODEBlock]:

@@ -11,6 +11,7 @@ import json
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -148,24 +149,30 @@ def build_model(config: ModelConfig, data: TensorData) -> nn.Module:
     )
 
 
-def run_experiment(config: RunConfig, progress: bool | None = None) -> RunResult:
-    """Load the data, build the model, train it; divergence is recorded in the history."""
+def run_experiment(
+    config: RunConfig, progress: bool | None = None, on_epoch: Callable[[RunResult], None] | None = None
+) -> RunResult:
+    """Load the data, build the model, train it; divergence is recorded in the history.
+
+    on_epoch: called with the result so far after every epoch (e.g. to write the history,
+    so that an interrupted run keeps its finished epochs).
+    """
     device = resolve_device(config.train.device)
     data = load_dataset(config.dataset, config.data_dir, config.download, seed=config.train.seed)
     torch.manual_seed(config.train.seed)
     model = build_model(config.model, data)
     n_params = sum(p.numel() for p in model.parameters())
     start = time.perf_counter()
-    history = train(model, data, config.train, progress=progress)
-    return RunResult(
-        config,
-        history,
-        model,
-        n_params,
-        data.describe(),
-        device_name(device, config.train.threads),
-        time.perf_counter() - start,
-    )
+
+    def result(history: History) -> RunResult:
+        device_text = device_name(device, config.train.threads)
+        return RunResult(config, history, model, n_params, data.describe(), device_text, time.perf_counter() - start)
+
+    def each_epoch(epoch: int, history: History) -> None:
+        if on_epoch is not None:
+            on_epoch(result(history))
+
+    return result(train(model, data, config.train, progress=progress, on_epoch=each_epoch))
 
 
 def device_name(device: torch.device, threads: int | None = None) -> str:
@@ -227,5 +234,12 @@ def history_dataset(result: RunResult) -> xr.Dataset:
 
 
 def save_history(result: RunResult, path: str | Path) -> None:
-    """Write ``history_dataset(result)`` as netCDF-4 (h5netcdf engine)."""
-    history_dataset(result).to_netcdf(Path(path), engine="h5netcdf")
+    """Write ``history_dataset(result)`` as netCDF-4 (h5netcdf engine), atomically.
+
+    The file is written beside ``path`` and moved into place, so a reader (or a run
+    interrupted while writing) never leaves half a file.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    history_dataset(result).to_netcdf(tmp, engine="h5netcdf")
+    tmp.replace(path)

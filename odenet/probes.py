@@ -134,10 +134,11 @@ def leading_eigenvalues(
     """
     x = x.detach()
     n = x.numel()
+    tt = torch.tensor(t, dtype=x.dtype, device=x.device)  # fields get t as a tensor, as in the solvers
 
     def matvec(v: np.ndarray) -> np.ndarray:
         tangent = torch.as_tensor(np.ascontiguousarray(v, dtype=np.float64)).reshape(x.shape).to(x)
-        _, jv = _jvp(lambda y: f(t, y), x, tangent)
+        _, jv = _jvp(lambda y: f(tt, y), x, tangent)
         return jv.reshape(-1).to(torch.float64).cpu().numpy()
 
     out = np.full(k, np.nan + 1j * np.nan, dtype=np.complex128)

@@ -10,6 +10,7 @@ import torchdiffeq
 from torch import nn
 
 import odenet
+import odenet.errors
 from odenet import ODEBlock, SolverError, StepwiseField
 from odenet.solvers import METHODS, method_names
 
@@ -259,3 +260,48 @@ def test_field_horizon_must_match_block_horizon():
     field = StepwiseField(_mlp, steps=4, horizon=4.0)
     with pytest.raises(ValueError, match="choose steps·step_size = 4"):
         ODEBlock(field, steps=4, step_size=0.5)
+
+
+# ------------------------------------------------------------- the field's contract
+class _TimeRecorder(nn.Module):
+    """A torchdiffeq-style field: uses t.expand, records the times it was called at."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    def forward(self, t, x):
+        assert isinstance(t, torch.Tensor) and t.dim() == 0
+        self.times.append(float(t))
+        return -x + t.expand(x.shape[0], 1)
+
+
+@pytest.mark.parametrize("solver", ["euler", "rk4", "ralston", "dopri5"])
+def test_every_solver_passes_t_as_a_tensor(solver):
+    field = _TimeRecorder()
+    block = ODEBlock(field, solver=solver, steps=2, step_size=0.5)
+    block(torch.ones(3, 1))
+    if solver in ("euler", "rk4", "ralston"):
+        c = METHODS[solver].tableau.c
+        assert field.times == pytest.approx([n * 0.5 + ci * 0.5 for n in range(2) for ci in c])
+
+
+def test_a_field_without_t_or_changing_shape_fails_with_the_fix():
+    class NoTime(nn.Module):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(odenet.errors.ConfigError, match=r"field='NoTime' is called as field\(t, x\).*def forward"):
+        ODEBlock(NoTime())
+
+    class Widens(nn.Module):
+        def forward(self, t, x):
+            return torch.cat([x, x], dim=1)
+
+    for solver in ("euler", "dopri5"):
+        with pytest.raises(odenet.errors.ConfigError, match=r"returned shape \(2, 6\) for a state of shape \(2, 3\)"):
+            ODEBlock(Widens(), solver=solver)(torch.zeros(2, 3))
+    with pytest.raises(odenet.errors.ConfigError, match="max_steps=-5 is not a bound on steps"):
+        ODEBlock(odenet.MLPField(3), solver="dopri5", max_steps=-5)
+    with pytest.raises(odenet.errors.ConfigError, match="field=None is not a vector field"):
+        ODEBlock(None)  # type: ignore[arg-type]

@@ -93,9 +93,9 @@ class Transition(nn.Module):
         if self.preactivated:
             field: Any = self.field
             x = field.preactivate(x)
-            out = field.residual(0.0, x)
+            out = field.residual(x.new_zeros(()), x)
         else:
-            out = self.field(0.0, x)
+            out = self.field(x.new_zeros(()), x)
         if self.shortcut is not None:
             out = self.shortcut(x) + (out if self.step_size == 1.0 else self.step_size * out)
         if self.projection is not None:

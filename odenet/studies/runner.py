@@ -90,6 +90,12 @@ def run_study(
     from tqdm.auto import tqdm
 
     execution = Execution(resume, workers, scheduler_address, worker_timeout)
+    if Path(out).suffix == ".zarr":
+        raise ConfigError(
+            "{out} names a Zarr store, but a study's result is a netCDF file: give a name such as "
+            "results.nc (the running store is kept beside it as results.nc.zarr)",
+            out=str(out),
+        )
     start = time.perf_counter()
     device = resolve_device(study.train.device)
     attrs = {
