@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -165,7 +166,10 @@ def leading_eigenvalues(
 def _jvp(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     """(f(x), J_f(x)·v) by forward-mode AD on dual tensors (cheaper than torch.func.jvp
     for a single product: no function transform is built per call)."""
-    with torch.no_grad(), fwAD.dual_level():
+    with torch.no_grad(), fwAD.dual_level(), warnings.catch_warnings():
+        # The first dual tensor makes torch load its JVP decompositions, which torch itself
+        # still builds with the deprecated torch.jit.script: not odenet's to fix or show.
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=FutureWarning)
         out = fwAD.unpack_dual(f(fwAD.make_dual(x, v)))
         return out.primal, out.tangent
 

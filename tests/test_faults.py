@@ -200,3 +200,45 @@ def test_a_killed_or_interrupted_study_resumes_to_the_same_result(tmp_path, sig)
     a, b = xr.open_dataset(tmp_path / "straight.nc"), xr.open_dataset(out)
     for name in ("train_loss", "final_test_accuracy", "block_grad_norm", "parameters"):
         np.testing.assert_array_equal(a[name].values, b[name].values)
+
+
+def test_sizes_beyond_the_machine_are_refused_with_an_estimate():
+    from odenet.experiment import check_fits, parameter_estimate
+    from odenet.models import cifar_resnet, mlp_resnet
+
+    with pytest.raises(ConfigError, match=r"the grid has 800,000 cells .*100000 seed.*at most 100,000"):
+        DepthStudy(seeds=100_000, depths=(8, 14, 20, 26), archs=("residual", "plain"))
+    with pytest.raises(ConfigError, match=r"would store [\d,]+ values \([\d.]+ GiB.*split the grid"):
+        DepthStudy(depths=(20, 600_000_002))
+    # The estimate is close to the real count (within 2%), so the refusal is not arbitrary.
+    for depth, block in ((20, "preact"), (110, "preact"), (29, "bottleneck")):
+        real = sum(p.numel() for p in cifar_resnet(depth, block=block).parameters())
+        assert parameter_estimate(ModelConfig(depth=depth, block=block), "image") == pytest.approx(real, rel=0.02)
+    real = sum(p.numel() for p in mlp_resnet(40, 10, depth=8).parameters())
+    assert parameter_estimate(ModelConfig(depth=8), "vector") == pytest.approx(real, rel=0.1)
+    check_fits(ModelConfig(depth=110), "image", available=2**28)  # 41 MB to train
+    with pytest.raises(ConfigError, match=r"depth=1202 makes a network of about 1.93e\+07 parameters.*0.25 GiB avail"):
+        check_fits(ModelConfig(depth=1202), "image", available=2**28)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_replaced_and_the_study_is_unchanged(tmp_path):
+    from dask.distributed import Client, LocalCluster
+
+    study = tiny(depths=(8, 14, 20))
+    serial = run_study(study, tmp_path / "serial.nc", progress=False).dataset
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        pids = list(client.run(os.getpid).values())
+
+        def kill_one(cell, result):
+            if pids:
+                os.kill(pids.pop(), signal.SIGKILL)  # its nanny starts a new worker; its task is rerun
+
+        report = run_study(study, tmp_path / "k.nc", scheduler_address=cluster.scheduler_address, on_cell=kill_one,
+                           progress=False)  # fmt: skip
+    assert report.computed == 3 and not report.failures
+    for name in ("train_loss", "final_test_accuracy", "block_grad_norm"):
+        xr.testing.assert_equal(report.dataset[name], serial[name])

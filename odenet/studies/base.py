@@ -40,7 +40,7 @@ from torch import nn
 
 from odenet.data import DATASETS, TensorData, data_kind, load_dataset
 from odenet.errors import NAME_ONLY, ConfigError, literal
-from odenet.experiment import ModelConfig, build_model
+from odenet.experiment import ModelConfig, build_model, check_fits
 from odenet.knobs import check_choice, knob
 from odenet.labels import Variable
 from odenet.models.cifar import blocks_per_stage
@@ -53,6 +53,9 @@ from odenet.train import HISTORY, History, TrainConfig, torch_threads, train
 __all__ = ["KINDS", "Cell", "Study", "Values", "run_cell", "train_cell"]
 
 Values = Mapping[str, Any]
+
+# More cells than this in one study is a mistake (a log:…:100000 axis, --seeds 100000).
+MAX_CELLS = 100_000
 
 # kind name → class; filled by ``Study.__init_subclass__``.
 KINDS: dict[str, type[Study]] = {}
@@ -117,6 +120,7 @@ class Study:
                     "{seeds}: " + str(seed) + " is not a seed; seeds are non-negative integers", seeds=NAME_ONLY
                 )
         self.check()
+        self._check_size()
         self._check_cells()
 
     def _normalise(self) -> None:
@@ -135,12 +139,39 @@ class Study:
     def check(self) -> None:
         """Checks of the kind's own fields (each kind adds its own)."""
 
+    def _check_size(self) -> None:
+        """A grid and a dataset this machine can hold (the store's template is built in memory)."""
+        import psutil
+
+        sizes = {d: len(v) for d, v in self.axes().items()}
+        cells = math.prod(sizes.values())
+        grid = " × ".join(f"{n} {d}" for d, n in sizes.items())
+        if cells > MAX_CELLS:
+            raise ConfigError(
+                f"the grid has {cells:,} cells ({grid}); a study holds at most {MAX_CELLS:,}: split it into "
+                "several studies"
+            )
+        inner = {d: len(v) for d, v in self.inner().items()}
+        values = cells * sum(math.prod(inner[d] for d in var.dims) for var in self.schema())
+        available = psutil.virtual_memory().available
+        if values * 8 > available // 2:
+            raise ConfigError(
+                f"the study would store {values:,} values ({values * 8 / 2**30:.3g} GiB: {grid}, "
+                + literal(", ".join(f"{n} {d}" for d, n in inner.items()))
+                + f"), more than half of the {available / 2**30:.3g} GiB available: split the grid"
+            )
+
     def _check_cells(self) -> None:
         kind = data_kind(self.dataset)
         dims = list(self.axes())
+        fits: set[tuple[Any, ...]] = set()
         for cell in self.cells():
             try:
                 cell.model.check_data(kind)
+                key = (cell.model.depth, cell.model.width, cell.model.block)
+                if key not in fits:
+                    check_fits(cell.model, kind)
+                    fits.add(key)
             except ConfigError as err:
                 raise err.within(f"cell {cell.describe(dims)}") from None
 
