@@ -8,6 +8,7 @@ bar are the command's own.
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -85,22 +86,37 @@ def _run(**opts: Any) -> None:
             raise click.UsageError(
                 f"--{name} {opts[name]} exists; pass --force to overwrite it, or choose another path"
             )
-    finished: list[Any] = []
+    saved = [0]  # epochs whose history is on disk (the History object itself keeps growing)
+    asked = [False]  # Ctrl-C seen: an interrupt raised inside a finaliser is dropped by Python
 
     def keep(result: Any) -> None:  # after every epoch: an interrupted run keeps what it finished
-        finished[:] = [result]
+        epochs = result.history.epochs
         if opts["out"] is not None:
             save_history(result, opts["out"])
+        saved[0] = epochs
+        if asked[0]:
+            raise KeyboardInterrupt
 
+    def on_interrupt(signum: int, frame: Any) -> None:
+        asked[0] = True
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+    except ValueError:  # not the main thread: keep Python's own handling
+        previous = None
     try:
         result = run_experiment(config, progress=opts["progress"], on_epoch=keep)
     except ConfigError as err:  # e.g. missing dataset files
         raise FLAGS.usage(err) from None
     except KeyboardInterrupt:
-        epochs = finished[0].history.epochs if finished else 0
-        where = f"; their history is in {opts['out']}" if opts["out"] is not None and finished else ""
+        epochs = saved[0]
+        where = f"; their history is in {opts['out']}" if opts["out"] is not None and epochs else ""
         click.echo(f"interrupted after {epochs} finished epoch{'s' * (epochs != 1)}{where}", err=True)
         raise SystemExit(130) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     h = result.history
     if opts["out"] is not None:
         save_history(result, opts["out"])

@@ -282,5 +282,8 @@ def save_history(result: RunResult, path: str | Path) -> None:
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    history_dataset(result).to_netcdf(tmp, engine="h5netcdf")
-    tmp.replace(path)
+    try:
+        history_dataset(result).to_netcdf(tmp, engine="h5netcdf")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -242,3 +242,23 @@ def test_a_killed_worker_is_replaced_and_the_study_is_unchanged(tmp_path):
     assert report.computed == 3 and not report.failures
     for name in ("train_loss", "final_test_accuracy", "block_grad_norm"):
         xr.testing.assert_equal(report.dataset[name], serial[name])
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_run_keeps_the_finished_epochs(tmp_path):
+    out = tmp_path / "run.nc"
+    args = ["run", "--depth", "8", "--width", "4", "--epochs", "200", "--batch-size", "256", "--out", str(out)]
+    proc = subprocess.Popen(_odenet(*args, "--no-progress"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not out.exists() and time.monotonic() < deadline:  # written after the first epoch
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    epochs = int(err.split("interrupted after ")[1].split()[0])
+    history = xr.open_dataset(out)
+    assert epochs >= 1 and history.sizes["epoch"] == epochs and np.isfinite(history.test_accuracy).all()
+    assert not (tmp_path / "run.nc.tmp").exists()
+    again = subprocess.run(_odenet(*args), capture_output=True, text=True)
+    assert again.returncode == 2 and "exists; pass --force to overwrite it" in again.stderr
