@@ -209,6 +209,8 @@ def test_sizes_beyond_the_machine_are_refused_with_an_estimate():
     with pytest.raises(ConfigError, match=r"the grid has 800,000 cells .*100000 seed.*at most 100,000"):
         DepthStudy(seeds=100_000, depths=(8, 14, 20, 26), archs=("residual", "plain"))
     with pytest.raises(ConfigError, match=r"would store [\d,]+ values \([\d.]+ GiB.*split the grid"):
+        DepthStudy(depths=(8,), seeds=5_000, train=TrainConfig(epochs=100_000))
+    with pytest.raises(ConfigError, match=r"depth=600000002, arch=residual, seed=0: depth=600000002 makes a network"):
         DepthStudy(depths=(20, 600_000_002))
     # The estimate is close to the real count (within 2%), so the refusal is not arbitrary.
     for depth, block in ((20, "preact"), (110, "preact"), (29, "bottleneck")):

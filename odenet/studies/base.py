@@ -120,8 +120,9 @@ class Study:
                     "{seeds}: " + str(seed) + " is not a seed; seeds are non-negative integers", seeds=NAME_ONLY
                 )
         self.check()
-        self._check_size()
+        self._check_count()
         self._check_cells()
+        self._check_size()
 
     def _normalise(self) -> None:
         """Grid fields as tuples of their element type, from any spelling of the list language."""
@@ -139,18 +140,24 @@ class Study:
     def check(self) -> None:
         """Checks of the kind's own fields (each kind adds its own)."""
 
-    def _check_size(self) -> None:
-        """A grid and a dataset this machine can hold (the store's template is built in memory)."""
-        import psutil
-
+    def _grid(self) -> tuple[int, str]:
         sizes = {d: len(v) for d, v in self.axes().items()}
-        cells = math.prod(sizes.values())
-        grid = " × ".join(f"{n} {d}" for d, n in sizes.items())
+        return math.prod(sizes.values()), " × ".join(f"{n} {d}" for d, n in sizes.items())
+
+    def _check_count(self) -> None:
+        """At most ``MAX_CELLS`` cells (checked before the cells are built)."""
+        cells, grid = self._grid()
         if cells > MAX_CELLS:
             raise ConfigError(
                 f"the grid has {cells:,} cells ({grid}); a study holds at most {MAX_CELLS:,}: split it into "
                 "several studies"
             )
+
+    def _check_size(self) -> None:
+        """A dataset this machine can hold (the store's template is built in memory)."""
+        import psutil
+
+        cells, grid = self._grid()
         inner = {d: len(v) for d, v in self.inner().items()}
         values = cells * sum(math.prod(inner[d] for d in var.dims) for var in self.schema())
         available = psutil.virtual_memory().available
