@@ -185,7 +185,7 @@ class ODEBlock(nn.Module):
         self._counts = Counts()
         # t of every stage of every step, per (device, dtype): built once, indexed per stage,
         # so fields get t as a 0-d tensor (torchdiffeq's convention) without a copy per step.
-        self._times: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self._times: dict[tuple[torch.device, torch.dtype], list[tuple[Tensor, ...]]] = {}
 
     # -- evaluation with other settings -------------------------------------------------
     @property
@@ -273,18 +273,23 @@ class ODEBlock(nn.Module):
         t = n * self.step_size
         return self._advance(self._field_for_step(t), self._time_table(x)[n], x)
 
-    def _time_table(self, x: Tensor) -> Tensor:
-        """(steps, stages) tensor of the stage times t + cᵢh on x's device, in x's dtype."""
+    def _time_table(self, x: Tensor) -> list[tuple[Tensor, ...]]:
+        """The stage times t + cᵢh of every step as 0-d tensors on x's device, in x's dtype.
+
+        One (steps, stages) tensor is made per device and dtype and split into views once,
+        so the loop indexes a Python list: no allocation or copy per stage.
+        """
         key = (x.device, x.dtype)
         table = self._times.get(key)
         if table is None:
             h = self.step_size
             rows = [[n * h + stage.dt for stage in self._stages] for n in range(self.steps)]
             dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
-            table = self._times[key] = torch.tensor(rows, dtype=dtype, device=x.device)
+            grid = torch.tensor(rows, dtype=dtype, device=x.device)
+            table = self._times[key] = [row.unbind(0) for row in grid.unbind(0)]
         return table
 
-    def _advance(self, f: Callable[[Tensor | float, Tensor], Tensor], times: Tensor, x: Tensor) -> Tensor:
+    def _advance(self, f: Callable[[Tensor | float, Tensor], Tensor], times: tuple[Tensor, ...], x: Tensor) -> Tensor:
         # Each tableau term is one fused multiply-add, torch.add(a, b, alpha=w): at small
         # sizes the cost of a step is its operator count, so a*b + c as two ops is not free.
         h = self.step_size
