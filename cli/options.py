@@ -36,10 +36,6 @@ class Knob:
     param: str
     option: click.Option
 
-    @property
-    def flag(self) -> str:
-        return self.option.opts[0]
-
 
 def _kebab(name: str) -> str:
     return "--" + name.replace("_", "-")

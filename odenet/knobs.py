@@ -39,16 +39,14 @@ def knob(
     return field(default=default, metadata=metadata)
 
 
-def check_finite(name: str, value: Any, minimum: float = 0.0, *, strict: bool = True, hint: str = "") -> float:
+def check_finite(name: str, value: Any, minimum: float = 0.0, *, strict: bool = True) -> float:
     """A finite number above ``minimum`` (or at least it, with ``strict=False``)."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok:
         ok = value > minimum if strict else value >= minimum
     if not ok:
         bound = f"{'>' if strict else '≥'} {minimum:g}"
-        raise ConfigError(
-            "{" + name + "} is not a finite number " + bound + (f"; {hint}" if hint else ""), **{name: value}
-        )
+        raise ConfigError("{" + name + "} is not a finite number " + bound, **{name: value})
     return float(value)
 
 

@@ -126,7 +126,7 @@ class Study:
 
     def _normalise(self) -> None:
         """Grid fields as tuples of their element type, from any spelling of the list language."""
-        for name, hint in _hints(type(self)).items():
+        for name, hint in field_types(type(self)).items():
             value = getattr(self, name)
             if name == "seeds":
                 object.__setattr__(self, name, seeds_from(value))
@@ -239,15 +239,16 @@ class Study:
         return 3 * blocks_per_stage(depth, self.model.block) if self.image else depth
 
 
-_HINTS: dict[type, dict[str, Any]] = {}
+_FIELD_TYPES: dict[type, dict[str, Any]] = {}
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    """The resolved type of every dataclass field of ``cls`` (annotations are strings here)."""
-    if cls not in _HINTS:
+def field_types(cls: type) -> dict[str, Any]:
+    """The resolved type of every dataclass field of ``cls`` (annotations are strings here);
+    ``X | None`` is read as ``X``. The spec reader and the normalisation of grid fields use it."""
+    if cls not in _FIELD_TYPES:
         hints = typing.get_type_hints(cls)
-        _HINTS[cls] = {f.name: _strip_none(hints[f.name]) for f in fields(cls)}
-    return _HINTS[cls]
+        _FIELD_TYPES[cls] = {f.name: _strip_none(hints[f.name]) for f in fields(cls)}
+    return _FIELD_TYPES[cls]
 
 
 def _strip_none(hint: Any) -> Any:
@@ -255,11 +256,6 @@ def _strip_none(hint: Any) -> Any:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return args[0] if len(args) == 1 else hint
     return hint
-
-
-def field_types(cls: type) -> dict[str, Any]:
-    """Public view of ``_hints`` for front ends (spec reader, command line)."""
-    return dict(_hints(cls))
 
 
 # -- checks the kinds share --------------------------------------------------------------
