@@ -23,7 +23,7 @@ from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver, _ButcherTab
 from odenet.errors import NAME_ONLY, ConfigError
 from odenet.tableaus import ButcherTableau, dense_output_weights
 
-__all__ = ["TSIT5", "Counts", "SolverError", "solve", "torchdiffeq_order", "torchdiffeq_tableau"]
+__all__ = ["TSIT5", "Counts", "SolverError", "shape_error", "solve", "torchdiffeq_order", "torchdiffeq_tableau"]
 
 # The module, not the function of the same name that torchdiffeq._impl re-exports.
 _tdq_odeint = importlib.import_module("torchdiffeq._impl.odeint")
@@ -110,6 +110,18 @@ def _tsit5_solver_class() -> type[RKAdaptiveStepsizeODESolver]:
 
 
 _tdq_odeint.SOLVERS.setdefault("tsit5", _tsit5_solver_class())
+
+
+def shape_error(out: Tensor, x: Tensor) -> ConfigError:
+    """The error for a field whose output is not shaped like its state (fixed and adaptive solves)."""
+    return ConfigError(
+        "the {field} returned shape "
+        + str(tuple(out.shape))
+        + " for a state of shape "
+        + str(tuple(x.shape))
+        + ": a vector field returns dx/dt, shaped like x (use a Transition to change shape)",
+        field=NAME_ONLY,
+    )
 
 
 # -- solving ------------------------------------------------------------------------------
@@ -215,14 +227,7 @@ class _CountingField(nn.Module):
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         out = self.field(t, x)
         if self.counts.forward == 0 and not self.forward_done and out.shape != x.shape:
-            raise ConfigError(
-                "the {field} returned shape "
-                + str(tuple(out.shape))
-                + " for a state of shape "
-                + str(tuple(x.shape))
-                + ": a vector field returns dx/dt, shaped like x",
-                field=NAME_ONLY,
-            )
+            raise shape_error(out, x)
         if not self.forward_done:
             self.counts.forward += 1
             if self.backprop and out.requires_grad:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from odenet.adaptive import Counts, SolverError, Tolerances, solve
+from odenet.adaptive import Counts, SolverError, Tolerances, shape_error, solve
 from odenet.depth import StepwiseField
 from odenet.errors import NAME_ONLY, ConfigError
 from odenet.solvers import Method, get_method
@@ -300,7 +300,7 @@ class ODEBlock(nn.Module):
                 xi = torch.add(xi, k[j], alpha=ahij)
             k.append(f(times[i], xi))
         if k[0].shape != x.shape:  # a shape comparison, no device work
-            raise _shape_error(k[0], x)
+            raise shape_error(k[0], x)
         weights = self._weights
         if self.residual:
             for i, bi in weights:
@@ -375,17 +375,6 @@ def _check_signature(field: Any) -> None:
             + "); add the time argument: def forward(self, t, x) (t may be ignored)",
             field=type(field).__name__,
         )
-
-
-def _shape_error(out: Tensor, x: Tensor) -> ConfigError:
-    return ConfigError(
-        "the {field} returned shape "
-        + str(tuple(out.shape))
-        + " for a state of shape "
-        + str(tuple(x.shape))
-        + ": a vector field returns dx/dt, shaped like x (use a Transition to change shape)",
-        field=NAME_ONLY,
-    )
 
 
 def ode_blocks(model: nn.Module) -> Iterator[ODEBlock]:
