@@ -28,6 +28,7 @@ from odenet.fields import ACTIVATIONS
 from odenet.knobs import check_choice, check_count, knob
 from odenet.models import cifar_resnet, mlp_resnet
 from odenet.models.cifar import blocks_per_stage, check_block
+from odenet.norms import NORMS
 from odenet.solvers import get_method, method_names
 from odenet.train import HISTORY, History, TrainConfig, resolve_device, train
 
@@ -63,6 +64,13 @@ class ModelConfig:
     residual: bool = knob(True, "With skip connections, or the plain (no-skip) twin.", off="plain")
     step_size: float = knob(1.0, "Step size h of every block.")
     shortcut: Literal["A", "B"] = knob("A", "Stage transitions: A zero-pads the identity, B projects with a 1×1 conv.")
+    norm: Literal["auto", "batch", "frozen_batch", "group", "none"] = knob(
+        "auto",
+        "Normalisation in the fields: auto is batch in discrete ResNets and group inside adaptive or "
+        "shared-weight fields, where batch norm's running statistics come from every solver call (rejected "
+        "steps, adjoint backward solves), not the forward trajectory; batch there only if asked for. "
+        "frozen_batch: statistics frozen between calibrations on training data (a fixed field).",
+    )
     width: int | None = knob(None, "Base width (default 16 for conv nets, 64 for MLPs).")
     weights: Literal["per_step", "shared", "interpolated"] = knob(
         "per_step", "One weight set per block, one shared set (autonomous ODE), or interpolated in depth."
@@ -87,6 +95,7 @@ class ModelConfig:
             check_count("width", self.width)
         check_choice("weights", self.weights, get_args(WeightSharing))
         check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("norm", self.norm, NORMS)
 
     def check_data(self, kind: str) -> None:
         """The rules that depend on the data: ``kind`` is ``"image"`` or ``"vector"``."""
@@ -171,7 +180,7 @@ def build_model(config: ModelConfig, data: TensorData) -> nn.Module:
     common = dict(
         solver=config.solver, residual=config.residual, step_size=config.step_size,
         weights=config.weights, rtol=config.rtol, atol=config.atol, adjoint=config.adjoint,
-        time=config.time,
+        time=config.time, norm=config.norm,
     )  # fmt: skip
     config.check_data(data.kind)
     if data.kind == "image":

@@ -12,18 +12,19 @@ Residual functions
 
 Time conditioning (``time=True``) appends t as an extra input channel before every
 convolution (or feature before every linear map), as in Chen et al. (2018)'s
-``ConcatConv2d``. Normalisation is ``"batch"``, ``"group"`` (GroupNorm with
-min(32, C) groups, Wu & He 2018) or ``"none"``.
+``ConcatConv2d``. Normalisation is ``"batch"``, ``"frozen_batch"``, ``"group"``
+(GroupNorm with min(32, C) groups, Wu & He 2018) or ``"none"`` (``odenet.norms``, which
+also says why batch norm does not belong inside adaptive or shared-weight fields).
 
 How weights vary with depth is ``odenet.depth``'s concern, not this module's.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor, nn
+
+from odenet.norms import Norm, make_norm
 
 __all__ = [
     "ACTIVATIONS",
@@ -36,20 +37,6 @@ __all__ = [
     "PreActConvField",
     "make_norm",
 ]
-
-Norm = Literal["batch", "group", "none"]
-_NORMS = ("batch", "group", "none")
-
-
-def make_norm(kind: str, channels: int, dims: int = 2) -> nn.Module:
-    """A normalisation layer over ``channels`` for 2-d images (dims=2) or vectors (dims=1)."""
-    if kind == "batch":
-        return nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
-    if kind == "group":
-        return nn.GroupNorm(min(32, channels), channels)
-    if kind == "none":
-        return nn.Identity()
-    raise ValueError(f"unknown norm {kind!r}; choose one of: {', '.join(_NORMS)}")
 
 
 def _time_like(t: Tensor | float, x: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -232,7 +219,7 @@ class MLPField(nn.Module):
         features: int,
         hidden: int | None = None,
         activation: str = "relu",
-        norm: Literal["batch", "none"] = "none",
+        norm: Norm = "none",
         time: bool = False,
         bias: bool = True,
     ) -> None:

@@ -26,6 +26,7 @@ from odenet.data.core import TensorData, augment_crop_flip, batches
 from odenet.errors import ConfigError
 from odenet.knobs import check_choice, check_count, check_finite, knob
 from odenet.labels import Variable
+from odenet.norms import CALIBRATION_SAMPLES, FrozenBatchNorm, calibrate_batchnorm
 
 __all__ = [
     "HISTORY",
@@ -268,7 +269,14 @@ def _train(
     start = time.perf_counter()
     refresh = max(1, n_batches // 10)
 
+    frozen = any(isinstance(m, FrozenBatchNorm) for m in model.modules())
     for epoch in range(1, config.epochs + 1):
+        if frozen:  # statistics of the current weights, fixed for the epoch: the field is one function
+            try:
+                calibrate_batchnorm(model, data.x_train[:CALIBRATION_SAMPLES], config.batch_size, FrozenBatchNorm)
+            except SolverError as err:
+                _diverge(history, epoch, f"solver failed: {err}")
+                break
         model.train()
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         correct = torch.zeros((), device=device, dtype=torch.int64)

@@ -58,27 +58,29 @@ def test_stability_study_at_fixed_step_sizes_and_at_a_fixed_horizon(tmp_path):
                     "--probe-eigenvalues", "2", *TINY, "--out", str(out))  # fmt: skip
     assert result.exit_code == 0, result.output
     ds = xr.open_dataset(out)
-    assert dict(ds.done.sizes) == {"solver": 1, "step_size": 2, "depth": 1, "seed": 1}
+    assert dict(ds.done.sizes) == {"solver": 1, "step_size": 2, "depth": 1, "norm": 1, "shortcut": 1, "seed": 1}
     assert list(ds.step_size.values) == [0.1, 1.0]
-    assert ds.eig_real.dims[-3:] == ("when", "block", "eig") and ds.sizes["eig"] == 2
+    assert ds.eig_real.dims[-4:] == ("when", "block", "select", "eig") and ds.sizes["eig"] == 2
     assert_labelled(ds, "stability")
 
     out = tmp_path / "h.nc"
     result = invoke("study", "stability", "--solvers", "euler", "--horizon", "2", "--depths", "8,14",
-                    "--probe-eigenvalues", "1", *TINY, "--out", str(out))  # fmt: skip
+                    "--shortcuts", "A,B", "--norms", "batch,none", "--probe-eigenvalues", "1", *TINY,
+                    "--out", str(out))  # fmt: skip
     assert result.exit_code == 0, result.output
     ds = xr.open_dataset(out)
-    assert dict(ds.done.sizes) == {"solver": 1, "depth": 2, "seed": 1}
+    assert dict(ds.done.sizes) == {"solver": 1, "depth": 2, "norm": 2, "shortcut": 2, "seed": 1}
+    assert list(ds.norm.values) == ["batch", "none"] and list(ds.shortcut.values) == ["A", "B"]
     assert ds.step_size.dims == ("depth",) and list(ds.step_size.values) == [2.0, 1.0]
 
 
 def test_convergence_study_and_plot(tmp_path):
     out = tmp_path / "c.nc"
-    result = invoke("study", "convergence", "--solvers", "euler", "--depth", "8", "--eval-solvers", "euler,rk4",
+    result = invoke("study", "convergence", "--solvers", "euler", "--depths", "8", "--eval-solvers", "euler,rk4",
                     "--refinements", "1,2,4", *TINY, "--out", str(out))  # fmt: skip
     assert result.exit_code == 0, result.output
     ds = xr.open_dataset(out)
-    assert ds.error.dims == ("train_solver", "step_size", "seed", "eval_solver", "refinement", "stage")
+    assert ds.error.dims == ("train_solver", "step_size", "depth", "seed", "eval_solver", "refinement", "stage")
     assert ds.sizes["stage"] == 1  # depth 8: only the first stage has ODE steps
     assert_labelled(ds, "convergence")
     figures = tmp_path / "fig"

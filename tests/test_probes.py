@@ -86,7 +86,8 @@ def test_stability_boundary_on_the_linear_test_equation(solver):
         steps = 60
         probe = probe_blocks(linear_net(a, solver, float(h), steps), torch.randn(1, 2), k=2)
         # The probe's eigenvalues and |R(hλ)| match the known spectrum in every block.
-        assert np.allclose(np.sort(probe.eig_real.values, axis=1), [[-4.0, -1.0]] * steps)
+        modulus = probe.eig_real.sel(select="modulus").values
+        assert np.allclose(np.sort(modulus, axis=1), [[-4.0, -1.0]] * steps)
         expected = max(abs(method.tableau.stability_function(np.array([h * x]))[0]) for x in lam)
         assert np.allclose(probe.max_abs_R.values, expected)
         # The per-step amplification of a perturbation never exceeds max|R|, and after
@@ -172,3 +173,77 @@ def test_fit_order_recovers_the_slope_and_skips_the_floor():
     floored = np.maximum(error, 1e-6)  # the last points sit on the reference's error
     assert fit_order(steps, floored, floor=2e-6) == pytest.approx(4.0)
     assert np.isnan(fit_order(steps, np.full(5, np.nan)))
+
+
+def _spectrum(rng: np.random.Generator, pairs: int, reals: int) -> list[complex]:
+    """A mixed spectrum: eigenvalues on both sides of the imaginary axis, some complex."""
+    lam: list[complex] = [
+        complex(x, y) for x, y in zip(rng.uniform(-3, 1, pairs), rng.uniform(0.1, 2, pairs), strict=True)
+    ]
+    return lam + [complex(x) for x in rng.uniform(-4, 1.2, reals)]
+
+
+def _all_eigenvalues(lam: list[complex]) -> np.ndarray:
+    return np.array([z for x in lam for z in ((x, x.conjugate()) if x.imag else (x,))])
+
+
+@pytest.mark.parametrize("solver", ["euler", "midpoint", "rk4"])
+@pytest.mark.parametrize("pairs, reals", [(4, 4), (120, 60)])  # 12 unknowns: dense; 300: ARPACK
+def test_step_radius_is_max_abs_r_over_the_whole_spectrum(solver, pairs, reals):
+    """For F(x) = Ax the step map is x ↦ R(hA)x: its spectral radius is max |R(hλ)| over
+    *every* eigenvalue, where the field-eigenvalue sets see only their 2·k extreme ones."""
+    lam = _spectrum(np.random.default_rng(pairs), pairs, reals)
+    a = real_form(lam)
+    h = 0.7
+    method = get_method(solver)
+    exact = float(np.abs(method.tableau.stability_function(h * _all_eigenvalues(lam))).max())
+    probe = probe_blocks(linear_net(a, solver, h, 1), torch.randn(1, a.shape[0]), k=2, tol=1e-10)
+    assert float(probe.step_radius[0]) == pytest.approx(exact, rel=1e-7)
+    assert float(probe.step_radius_residual[0]) < 1e-6
+    # The eigenvalue-based factor is a lower bound on it, never more.
+    assert float(probe.max_abs_R[0]) <= exact * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("solver", ["euler", "midpoint", "rk4"])
+def test_growth_of_the_ode_itself_is_not_charged_to_the_solver(solver):
+    """Re λ > 0: |R(hλ)| > 1 for every consistent method, because the exact flow e^{hλ}
+    grows too. The discretisation measures (excess_growth, step_excess) stay ≤ 1."""
+    lam = [0.3, 0.8, 1.5, -0.5, -1.0]
+    a = real_form(lam)
+    h = 0.5
+    probe = probe_blocks(linear_net(a, solver, h, 3), torch.randn(1, a.shape[0]), k=2)
+    assert np.all(probe.max_abs_R.values > 1)
+    assert np.allclose(probe.max_abs_flow.values, np.exp(h * 1.5))
+    assert np.allclose(probe.flow_radius.values, np.exp(h * 1.5))
+    assert np.all(probe.excess_growth.values <= 1)
+    assert np.all(probe.step_excess.values <= 1)
+    # The largest-real-part selection finds the expanding direction first.
+    assert np.allclose(probe.eig_real.sel(select="real_part", eig=0).values, 1.5)
+    assert np.all(probe.eig_converged.values == 2)
+    assert np.all(probe.eig_residual.values < 1e-10)
+
+
+def test_excess_growth_flags_what_the_solver_adds():
+    """λ = 0.05 ± 2i, h = 0.5: the flow grows by e^{0.025} per step. Euler's |1 + hλ| = 1.43
+    adds growth the ODE does not have; rk4's |R| ≈ 0.99 does not."""
+    a = real_form([0.05 + 2j, -1.0])
+    x = torch.randn(1, 3)
+    euler = probe_blocks(linear_net(a, "euler", 0.5, 2), x, k=2)
+    rk4 = probe_blocks(linear_net(a, "rk4", 0.5, 2), x, k=2)
+    assert np.all(euler.excess_growth.values > 1.3) and np.all(euler.step_excess.values > 1.3)
+    assert np.all(rk4.excess_growth.values <= 1) and np.all(rk4.step_excess.values <= 1)
+
+
+def test_arpack_residuals_and_convergence_are_recorded():
+    """On the ARPACK path (n > DENSE_LIMIT) each selection says how many converged and
+    how well: residuals of converged pairs below the requested tolerance's order."""
+    lam = _spectrum(np.random.default_rng(3), 100, 100)
+    a = real_form(lam)
+    everything = _all_eigenvalues(lam)
+    probe = probe_blocks(linear_net(a, "rk4", 0.5, 1), torch.randn(1, a.shape[0]), k=3, tol=1e-8)
+    modulus = probe.eig_real.sel(select="modulus")[0] + 1j * probe.eig_imag.sel(select="modulus")[0]
+    real_part = probe.eig_real.sel(select="real_part")[0]
+    assert np.allclose(np.sort(np.abs(modulus.values)), np.sort(np.abs(everything))[-3:], rtol=1e-6)
+    assert np.allclose(np.sort(real_part.values), np.sort(everything.real)[-3:], rtol=1e-6)
+    assert np.all(probe.eig_converged.values == 3)
+    assert np.all(probe.eig_residual.values < 1e-6)

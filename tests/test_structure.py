@@ -128,11 +128,11 @@ LAYERS = {
     "errors": 0, "labels": 0, "knobs": 0,
     "tableaus": 1, "data": 1,
     "adaptive": 2, "solvers": 2,
-    "fields": 3, "depth": 3,
+    "fields": 3, "depth": 3, "norms": 3,
     "blocks": 4,
     "models": 5,
     "train": 6,
-    "experiment": 7, "probes": 7,
+    "experiment": 7, "probes": 7, "memory": 7,
     "studies": 8,
     "plots": 9,
 }  # fmt: skip

@@ -53,7 +53,13 @@ def tiny_depth(**kw) -> DepthStudy:
         (lambda: StabilityStudy(horizon=2.0, step_sizes=(0.1,)), "give either step_sizes or a horizon"),
         (lambda: ConvergenceStudy(reference="rk4"), "give an adaptive solver"),
         (lambda: ConvergenceStudy(reference_tol=0.1), "reference_tol"),
-        (lambda: ConvergenceStudy(model=ModelConfig(depth=21)), "seed=0: depth=21 is not 6n+2"),
+        (lambda: ConvergenceStudy(depths=(21,)), "depth=21, seed=0: depth=21 is not 6n+2"),
+        (lambda: ConvergenceStudy(refinements=(0.5, 1.0)), "steps across the boundaries of per-step weights"),
+        (lambda: StabilityStudy(norms=("batch", "weird")), "norm=weird, shortcut=A, seed=0: norm='weird' is not known"),
+        (
+            lambda: StabilityStudy(norms=("batch",), model=ModelConfig(depth=20, norm="group")),
+            "give either norm='group' (one value) or norms (an axis), not both",
+        ),
         (lambda: CompareStudy(), "models: the list is empty"),
     ],
 )
@@ -71,15 +77,21 @@ def test_mlp_depths_are_block_counts():
 def test_layouts_have_the_documented_dimensions():
     assert tiny_depth().layout().cell_dims == ("solver", "depth", "arch", "seed")
     stab = StabilityStudy(depths=(8, 14))
-    assert stab.layout().cell_dims == ("solver", "step_size", "depth", "seed")
-    fixed = StabilityStudy(depths=(8, 14, 20), step_sizes=(), horizon=3.0)
+    assert stab.layout().cell_dims == ("solver", "step_size", "depth", "norm", "shortcut", "seed")
+    assert stab.layout().inner["select"] == ["modulus", "real_part"]
+    fixed = StabilityStudy(depths=(8, 14, 20), step_sizes=(), horizon=3.0, shortcuts=("A", "B"))
     layout = fixed.layout()
-    assert layout.cell_dims == ("solver", "depth", "seed")
+    assert layout.cell_dims == ("solver", "depth", "norm", "shortcut", "seed")
+    assert tuple(layout.cells["shortcut"]) == ("A", "B") and tuple(layout.cells["norm"]) == ("auto",)
     assert layout.extra_coords["step_size"] == ("depth", [3.0, 1.5, 1.0])  # h = T / blocks per stage
     assert {c.model.step_size for c in fixed.cells()} == {3.0, 1.5, 1.0}
-    assert ConvergenceStudy().layout().cell_dims == ("train_solver", "step_size", "seed")
+    assert ConvergenceStudy().layout().cell_dims == ("train_solver", "step_size", "depth", "seed")
+    at_horizon = ConvergenceStudy(horizon=3.0, depths=(14, 20)).layout()
+    assert at_horizon.cell_dims == ("train_solver", "depth", "seed")
+    assert at_horizon.extra_coords["step_size"] == ("depth", [1.5, 1.0])
     compare = CompareStudy(models=(Variant("a", ModelConfig(depth=8)), Variant("b", ModelConfig(depth=14))))
-    assert compare.layout().cell_dims == ("model", "seed")
+    assert compare.layout().cell_dims == ("model", "learning_rate", "seed")
+    assert tuple(compare.layout().cells["learning_rate"]) == (compare.train.lr,)
     for kind in ("depth", "stability", "convergence", "compare"):
         assert all(v.long_name and v.units is not None for v in variables(kind))
 
@@ -180,11 +192,17 @@ def test_stability_cells_store_spectra_consistent_with_r(tmp_path):
 
     for solver in ("euler", "rk4"):
         cell = ds.sel(solver=solver, step_size=0.5, depth=8, seed=0)
-        lam = cell.eig_real.values + 1j * cell.eig_imag.values  # (when, block, eig)
+        cell = cell.squeeze(["norm", "shortcut"])
+        lam = cell.eig_real.values + 1j * cell.eig_imag.values  # (when, block, select, eig)
         r = np.abs(get_method(solver).tableau.stability_function(0.5 * lam))
         steps = np.isfinite(cell.max_abs_R.values)
         assert steps.sum() == 2  # depth 8: one step and two transitions, at init and final
-        assert np.allclose(np.nanmax(r, axis=-1)[steps], cell.max_abs_R.values[steps])
+        assert np.allclose(np.nanmax(r, axis=(-2, -1))[steps], cell.max_abs_R.values[steps])
+        # ARPACK (512 unknowns) converged in both selections, residuals within its tolerance.
+        assert np.all(cell.eig_converged.values[steps] >= 1)
+        assert np.nanmax(cell.eig_residual.values[steps]) < study.probe.tol
+        assert float(cell.arpack_tol) == study.probe.tol
+        assert np.all(np.isfinite(cell.step_radius.values[steps]))
         assert np.all(np.isfinite(cell.activation_rms.values)) and np.all(cell.amplification.values > 0)
 
 

@@ -19,8 +19,9 @@ from torch import nn
 from odenet.blocks import ODEBlock
 from odenet.depth import WeightSharing, depth_field
 from odenet.errors import ConfigError
-from odenet.fields import BasicConvField, BottleneckField, Norm, PreActConvField, make_norm
+from odenet.fields import BasicConvField, BottleneckField, PreActConvField
 from odenet.models.common import ResidualNetwork, Transition, ZeroPadShortcut, check_step_size
+from odenet.norms import Norm, make_norm, resolve_norm
 from odenet.solvers import Method, get_method
 from odenet.tableaus import ButcherTableau
 
@@ -98,7 +99,7 @@ def cifar_resnet(
     width: int = 16,
     *,
     weights: WeightSharing = "per_step",
-    norm: Norm = "batch",
+    norm: Norm = "auto",
     time: bool = False,
     rtol: float = 1e-3,
     atol: float = 1e-4,
@@ -113,6 +114,13 @@ def cifar_resnet(
     residual: ``False`` builds the plain twin (no skip connections, He et al. 2015).
     weights: ``"per_step"`` (a discrete ResNet), ``"shared"`` (one field per stage, an
         autonomous ODE) or ``"interpolated"`` (continuous in depth).
+    norm: ``"auto"`` (default) is batch norm in a discrete ResNet and GroupNorm when the
+        solver is adaptive or the weights are shared, where batch-norm running statistics
+        are gathered over every field call (rejected steps, the adjoint's backward solve)
+        rather than over the forward trajectory: ``odenet.norms`` explains. ``"batch"``
+        there is allowed but must be asked for. ``"frozen_batch"`` normalises the ODE
+        fields with statistics frozen between calibrations (a fixed field); stem,
+        transitions and head then use ordinary batch norm. ``"group"``, ``"none"``.
     x: (batch, in_channels, H, W) → logits (batch, num_classes).
     """
     method = get_method(solver)
@@ -121,11 +129,13 @@ def cifar_resnet(
     h = check_step_size(step_size)
     check_positive(num_classes=num_classes, in_channels=in_channels, width=width)
 
+    inner = resolve_norm(norm, adaptive=method.adaptive, autonomous=weights == "shared")
+    outer = "batch" if inner == "frozen_batch" else inner  # stem, transitions, head
     field_cls, _ = BLOCKS[block]
     expansion = BottleneckField.expansion if block == "bottleneck" else 1
     post = block == "basic"
 
-    def field(cin: int, cout: int, stride: int = 1) -> nn.Module:
+    def field(cin: int, cout: int, stride: int = 1, norm: str = inner) -> nn.Module:
         return field_cls(cin, cout, stride=stride, norm=norm, time=time)
 
     def projection() -> nn.Module | None:
@@ -133,7 +143,7 @@ def cifar_resnet(
 
     stem: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1, bias=False)]
     if post:
-        stem += [make_norm(norm, width), nn.ReLU()]
+        stem += [make_norm(outer, width), nn.ReLU()]
 
     body: list[nn.Module] = []
     channels = width
@@ -147,8 +157,8 @@ def cifar_resnet(
             else:
                 sc = nn.Conv2d(channels, out, 1, stride=stride, bias=False)
                 if post:
-                    sc = nn.Sequential(sc, make_norm(norm, out))
-            body.append(Transition(field(channels, out, stride), sc, h, residual, projection()))
+                    sc = nn.Sequential(sc, make_norm(outer, out))
+            body.append(Transition(field(channels, out, stride, outer), sc, h, residual, projection()))
             steps -= 1
             channels = out
         if steps:
@@ -172,6 +182,6 @@ def cifar_resnet(
 
     head: list[nn.Module] = []
     if not post:  # pre-activation nets end with BN–ReLU before pooling (He et al. 2016)
-        head += [make_norm(norm, channels), nn.ReLU()]
+        head += [make_norm(outer, channels), nn.ReLU()]
     head += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)]
     return ResidualNetwork(nn.Sequential(*stem), nn.Sequential(*body), nn.Sequential(*head))

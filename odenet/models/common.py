@@ -8,6 +8,7 @@ them instead of walking the body themselves.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,7 +18,9 @@ from torch import Tensor, nn
 
 from odenet.blocks import ODEBlock, check_step_size, ode_blocks
 from odenet.depth import StepwiseField
+from odenet.norms import calibrate_batchnorm
 from odenet.solvers import Method
+from odenet.tableaus import ButcherTableau
 
 __all__ = ["ResidualNetwork", "Transition", "Unit", "ZeroPadShortcut", "check_step_size", "units", "walk"]
 
@@ -44,6 +47,33 @@ class ResidualNetwork(nn.Module):
         """The same network (shared modules) with every ODE block replaced by ``swap(block)``."""
         body = nn.Sequential(*[swap(m) if isinstance(m, ODEBlock) else m for m in self.body])
         return ResidualNetwork(self.stem, body, self.head).train(self.training)
+
+    def with_solver(
+        self,
+        solver: str | ButcherTableau | Method | None = None,
+        refinement: float = 1.0,
+        *,
+        recalibrate: Tensor | None = None,
+        **options: Any,
+    ) -> ResidualNetwork:
+        """The trained weights re-solved: every ODE block with ``solver`` at ``refinement`` × its steps.
+
+        ``options`` go to ``ODEBlock.with_solver`` (rtol, atol, adjoint, max_steps). Without
+        ``recalibrate`` the result shares every module with this network, batch-norm
+        statistics included; those were gathered on the *training* solver's trajectory,
+        which is not the new solver's. With ``recalibrate`` (training inputs) the result is
+        a copy whose batch-norm statistics are recomputed on those inputs under the new
+        solver (``odenet.norms.calibrate_batchnorm``); the weights are the same values and
+        this network is left untouched.
+        """
+
+        def swap(block: ODEBlock) -> ODEBlock:
+            return block.with_solver(solver, steps=max(1, round(refinement * block.steps)), **options)
+
+        if recalibrate is None:
+            return self.with_blocks(swap)
+        net = copy.deepcopy(self).with_blocks(swap)
+        return calibrate_batchnorm(net, recalibrate)  # type: ignore[return-value]
 
 
 class ZeroPadShortcut(nn.Module):

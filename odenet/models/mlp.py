@@ -9,7 +9,8 @@ from odenet.depth import WeightSharing, depth_field
 from odenet.fields import MLPField
 from odenet.models.cifar import check_positive
 from odenet.models.common import ResidualNetwork, check_step_size
-from odenet.solvers import Method
+from odenet.norms import resolve_norm
+from odenet.solvers import Method, get_method
 from odenet.tableaus import ButcherTableau
 
 __all__ = ["mlp_resnet"]
@@ -27,7 +28,7 @@ def mlp_resnet(
     *,
     weights: WeightSharing = "per_step",
     activation: str = "relu",
-    norm: str = "none",
+    norm: str = "auto",
     time: bool = False,
     rtol: float = 1e-3,
     atol: float = 1e-4,
@@ -35,18 +36,22 @@ def mlp_resnet(
 ) -> ResidualNetwork:
     """Linear lift to ``width`` features → ``depth`` steps of an MLP field → linear classifier.
 
-    depth: the number of residual blocks (solver steps). x: (batch, in_features) →
+    depth: the number of residual blocks (solver steps).
+    norm: ``"auto"`` (default) is no normalisation; ``"batch"``, ``"frozen_batch"``,
+        ``"group"`` put one before the first linear map (``odenet.norms``). x: (batch, in_features) →
     logits (batch, num_classes).
     """
     check_positive(in_features=in_features, num_classes=num_classes, depth=depth, width=width)
     h = check_step_size(step_size)
+    method = get_method(solver)
+    norm = resolve_norm(norm, adaptive=method.adaptive, autonomous=weights == "shared", default="none")
 
     def make() -> nn.Module:
         return MLPField(width, hidden, activation=activation, norm=norm, time=time)  # type: ignore[arg-type]
 
     block = ODEBlock(
         depth_field(make, depth, depth * h, weights),
-        solver,
+        method,
         steps=depth,
         step_size=h,
         rtol=rtol,

@@ -234,6 +234,41 @@ class Study:
     def image(self) -> bool:
         return data_kind(self.dataset) == "image"
 
+    def horizon_step(self, depth: int, horizon: float) -> float:
+        """h = T / n at a fixed horizon T: n blocks per stage for conv nets, the depth for MLPs."""
+        n = self.blocks(depth) // 3 if self.image else depth
+        return horizon / n
+
+    def check_design(self, horizon: float | None, step_sizes: Sequence[float] | None) -> None:
+        """A step-size sweep: either ``step_sizes`` at fixed depth or a ``horizon``, not both."""
+        if horizon is None:
+            if step_sizes is not None:
+                check_step_sizes("step_sizes", step_sizes)
+            return
+        if not (isinstance(horizon, (int, float)) and math.isfinite(horizon) and horizon > 0):
+            raise ConfigError("{horizon} is not a positive number", horizon=horizon)
+        if step_sizes:
+            raise ConfigError(
+                "give either {step_sizes} or a {horizon} (which sets h = horizon / blocks), not both",
+                step_sizes=NAME_ONLY,
+                horizon=NAME_ONLY,
+            )
+
+    def model_axis(self, name: str, values: Sequence[Any] | None) -> tuple[Any, ...]:
+        """An axis over the ``ModelConfig`` field ``name``: ``values``, or the base model's value
+        alone. Giving the axis and a non-default base value both is refused (which would win?)."""
+        if values is None:
+            return (getattr(self.model, name),)
+        axis = f"{name}s"
+        _distinct(axis, values)
+        default = next(f.default for f in fields(ModelConfig) if f.name == name)
+        if getattr(self.model, name) != default:
+            raise ConfigError(
+                "give either {" + name + "} (one value) or {" + axis + "} (an axis), not both",
+                **{name: getattr(self.model, name), axis: NAME_ONLY},
+            )
+        return tuple(values)
+
     def blocks(self, depth: int) -> int:
         """Residual blocks of a network of this depth (3n for conv nets, depth for MLPs)."""
         return 3 * blocks_per_stage(depth, self.model.block) if self.image else depth

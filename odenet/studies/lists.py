@@ -37,7 +37,7 @@ def _element(name: str, item: Any, kind: type) -> Any:
     if kind is str:
         if not isinstance(item, str):
             raise ConfigError("{" + name + "}: " + shown + " is not a name", **{name: NAME_ONLY})
-        return item.strip().lower()
+        return item.strip()
     if kind is int:
         try:
             if isinstance(item, bool) or (isinstance(item, float) and not item.is_integer()):

@@ -1,15 +1,23 @@
-"""Step-size stability: solvers × step sizes × depths × seeds, probed at init and after training.
+"""Step-size stability: solvers × step sizes (or depths at a fixed horizon) × norms × shortcuts × seeds.
 
-Every block's leading Jacobian eigenvalues, max |R(hλ)| with the block's own solver,
-perturbation amplification, activation size and gradient norms (``odenet.probes``), at
-initialisation (batch norm calibrated first) and after training; with ``horizon``, the
-step size of each depth is h = horizon / blocks per stage, so T = n·h is held fixed.
+Every block is probed at initialisation (batch norm calibrated first) and after
+training (``odenet.probes``): Jacobian eigenvalues by largest modulus and by largest
+real part (ARPACK tolerance, convergence and residuals stored), max |R(hλ)| with the
+block's own solver, the exact flow's growth and the discretisation's excess over it,
+the spectral radius of the one-step map, perturbation amplification, activation size
+and gradient norms.
+
+Two designs. With ``horizon`` T, the step size of each depth is h = T / n (n blocks per
+stage): every cell discretises a stage of the same length, so h is varied alone. With
+``step_sizes`` (the fixed-depth design) the depth is fixed and h varies, so the horizon
+T = n·h varies with it: a change across h may come from h or from T. ``norms`` and
+``shortcuts`` are axes too, the controls for effects of the normalisation and of the
+stage transitions (option A's zero-padded channels hold h·F only, variance ∝ h²).
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
@@ -17,18 +25,18 @@ from typing import Any, ClassVar
 from torch import nn
 
 from odenet.data import TensorData
-from odenet.errors import NAME_ONLY, ConfigError
+from odenet.errors import ConfigError
 from odenet.experiment import ModelConfig
 from odenet.knobs import check_count, knob
 from odenet.labels import Variable, over
-from odenet.probes import GRADIENTS, SPECTRUM, calibrate_batchnorm, gradient_norms, missing, probe_blocks
+from odenet.norms import CALIBRATION_SAMPLES, FrozenBatchNorm, calibrate_batchnorm
+from odenet.probes import GRADIENTS, SELECTIONS, SPECTRUM, gradient_norms, missing, probe_blocks
 from odenet.studies.base import (
     Cell,
     Study,
     Values,
     check_axis,
     check_solvers,
-    check_step_sizes,
     init_and_final,
     inner_blocks,
     train_cell,
@@ -40,8 +48,6 @@ __all__ = ["DEFAULT_STEP_SIZES", "ProbeConfig", "StabilityStudy"]
 
 # The step sizes of a fixed-depth sweep when none are given: two decades around h = 1/3.
 DEFAULT_STEP_SIZES = (0.03, 0.1, 0.3, 1.0, 3.0)
-# Training examples that calibrate batch norm before an untrained network is probed.
-CALIBRATION_SAMPLES = 1024
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,15 @@ class StabilityStudy(Study):
     """
 
     kind: ClassVar[str] = "stability"
-    variables: ClassVar[tuple[Variable, ...]] = over("when", GRADIENTS + SPECTRUM)
+    variables: ClassVar[tuple[Variable, ...]] = (
+        *over("when", GRADIENTS + SPECTRUM),
+        Variable("arpack_tol", (), "ARPACK's relative tolerance for the eigenvalues", "1"),
+    )
+    coords: ClassVar[Mapping[str, tuple[str, str]]] = {
+        "select": ("eigenvalues chosen by largest modulus or by largest real part", ""),
+        "norm": ("normalisation in the fields (auto: batch here)", ""),
+        "shortcut": ("stage-transition shortcut (A: zero-padding identity; B: 1x1 projection)", ""),
+    }
     sets: ClassVar[tuple[str, ...]] = ("solver", "depth", "step_size")
 
     solvers: tuple[str, ...] = knob(("euler", "midpoint", "rk4"), "Fixed-step solvers.")
@@ -77,23 +91,19 @@ class StabilityStudy(Study):
         None, "Step sizes: 0.1,0.3,1 or log:0.01:3:8; default 0.03,0.1,0.3,1,3 (none with a horizon)."
     )
     depths: tuple[int, ...] = knob((20,), "One or several depths.")
-    horizon: float | None = knob(None, "Fix T = n·h instead: h = T / blocks per stage.")
+    horizon: float | None = knob(
+        None, "Fix T = n·h: h = T / blocks per stage (the fixed-depth sweep varies T with h; this does not)."
+    )
+    norms: tuple[str, ...] | None = knob(None, "Normalisations as an axis, e.g. batch,group,none (default: norm).")
+    shortcuts: tuple[str, ...] | None = knob(None, "Shortcuts as an axis: A,B (default: shortcut).")
     probe: ProbeConfig = knob(default_factory=ProbeConfig)
 
     def check(self) -> None:
         check_solvers("solvers", self.solvers, fixed_only=True)
         check_axis("depths", self.depths)
-        if self.horizon is None:
-            check_step_sizes("step_sizes", self.grid_step_sizes)
-        else:
-            if not (isinstance(self.horizon, (int, float)) and math.isfinite(self.horizon) and self.horizon > 0):
-                raise ConfigError("{horizon} is not a positive number", horizon=self.horizon)
-            if self.step_sizes:
-                raise ConfigError(
-                    "give either {step_sizes} or a {horizon} (which sets h = horizon / blocks), not both",
-                    step_sizes=NAME_ONLY,
-                    horizon=NAME_ONLY,
-                )
+        self.model_axis("norm", self.norms)
+        self.model_axis("shortcut", self.shortcuts)
+        self.check_design(self.horizon, self.step_sizes)
         if not self.model.residual:
             raise ConfigError(
                 "stability studies probe residual networks (|R(hλ)| has no meaning without the skip); drop {residual}",
@@ -108,13 +118,18 @@ class StabilityStudy(Study):
     def step_size(self, depth: int) -> float:
         """h at a fixed horizon: the horizon spread over one stage's blocks."""
         assert self.horizon is not None
-        n = self.blocks(depth) // 3 if self.image else depth
-        return self.horizon / n
+        return self.horizon_step(depth, self.horizon)
 
     def axes(self) -> dict[str, Sequence[Any]]:
+        controls = {
+            "norm": self.model_axis("norm", self.norms),
+            "shortcut": self.model_axis("shortcut", self.shortcuts),
+        }
         if self.horizon is None:
-            return {"solver": self.solvers, "step_size": self.grid_step_sizes, "depth": self.depths, "seed": self.seeds}
-        return {"solver": self.solvers, "depth": self.depths, "seed": self.seeds}
+            grid = {"solver": self.solvers, "step_size": self.grid_step_sizes, "depth": self.depths}
+        else:
+            grid = {"solver": self.solvers, "depth": self.depths}
+        return {**grid, **controls, "seed": self.seeds}
 
     def extra_coords(self) -> dict[str, tuple[str, Sequence[Any]]]:
         if self.horizon is None:
@@ -123,11 +138,19 @@ class StabilityStudy(Study):
 
     def cell_configs(self, point: Mapping[str, Any]) -> tuple[ModelConfig, TrainConfig]:
         h = float(point["step_size"]) if self.horizon is None else self.step_size(point["depth"])
-        model = replace(self.model, solver=point["solver"], depth=point["depth"], step_size=h)
+        model = replace(
+            self.model,
+            solver=point["solver"],
+            depth=point["depth"],
+            step_size=h,
+            norm=point["norm"],
+            shortcut=point["shortcut"],
+        )
         return model, replace(self.train, seed=point["seed"])
 
     def inner(self) -> dict[str, Sequence[Any]]:
         inner = inner_blocks(self.train.epochs, max(self.blocks(d) for d in self.depths))
+        inner["select"] = list(SELECTIONS)
         inner["eig"] = list(range(self.probe.eigenvalues))
         return inner
 
@@ -138,6 +161,9 @@ class StabilityStudy(Study):
         xs = data.x_train[: probe.samples].to(device)
         x, y = gradient_batch(data, probe.grad_samples, device)
         calibrated = calibrate_batchnorm(copy.deepcopy(model), data.x_train[:CALIBRATION_SAMPLES].to(device))
+        if any(isinstance(m, FrozenBatchNorm) for m in model.modules()):
+            # training calibrates frozen statistics before every epoch; do so for the model it trains
+            calibrate_batchnorm(model, data.x_train[:CALIBRATION_SAMPLES].to(device), only=FrozenBatchNorm)
         spectrum_init = probe_blocks(calibrated, xs, k=probe.eigenvalues, tol=probe.tol, seed=cell.train.seed)
         grads_init = gradient_norms(model, x, y)
         values, history = train_cell(model, data, cell)
@@ -150,4 +176,4 @@ class StabilityStudy(Study):
             grads_final = gradient_norms(model, x, y)
         init = spectrum_init.merge(grads_init)
         final = spectrum_final.merge(grads_final)
-        return {**values, **init_and_final(init, final)}
+        return {**values, **init_and_final(init, final), "arpack_tol": probe.tol}
