@@ -119,7 +119,7 @@ def chosen_lr(ds: xr.Dataset) -> xr.DataArray:
     on the test set. A rate whose runs diverged in any seed is not chosen while another
     completed in all. ds: a compare result (dims model, learning_rate, seed). Returns the rate over model.
     """
-    final = ds["train_loss"].ffill("epoch").isel(epoch=-1)
+    final = ds["train_loss"].isel(epoch=-1)  # a run that completed has its last epoch
     failed = ds["diverged"].astype(bool).any("seed")
     score = final.mean("seed").where(~failed).fillna(np.inf)
     best = score.argmin("learning_rate")
