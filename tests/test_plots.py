@@ -6,6 +6,7 @@ exactly the dimensions and attributes a study writes.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -16,8 +17,10 @@ from click.testing import CliRunner
 from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 
-from odenet.plots import FIGURES, PlotError, figures_for, open_result, plot_study, study_figures, unregister
-from odenet.plots.convergence import reference_slope
+from odenet.plots import FIGURES, PlotError, figures_for, open_result, plot_study, seed_stats, study_figures, unregister
+from odenet.plots.compare import reported
+from odenet.plots.convergence import FLOOR, reference_slope
+from odenet.plots.stability import stage_of_block
 from odenet.solvers import get_method
 from odenet.studies.schema import coordinates, variables
 from odenet_cli.plot import plot
@@ -31,25 +34,36 @@ COORDS = {
 
 GARBAGE = 1e9  # what an unfinished cell holds here, so that drawing it would show
 EVAL_SOLVERS = ["euler", "rk4"]
+STABILITY = {"stability-regions", "stability-accuracy", "stability-max-R", "stability-discretisation"}
 EXPECTED = {
     "depth": {"depth-accuracy", "depth-train-loss", "depth-curves", "depth-grad-norm"},
-    "stability": {"stability-regions", "stability-accuracy", "stability-max-R"},
+    "stability": STABILITY,
     "convergence": {"convergence-error", "convergence-accuracy"},
-    "compare": {"compare-summary"},
+    "compare": {"compare-summary", "compare-learning-rate"},
 }
+# The layouts the studies write: norm and shortcut are cell dimensions of one value unless varied.
 CELLS = {
     "depth": {"solver": ["euler"], "depth": [8, 20], "arch": ["residual", "plain"], "seed": [0, 1]},
-    "stability": {"solver": ["euler", "rk4"], "step_size": [0.1, 1.0, 3.0], "depth": [8], "seed": [0, 1]},
-    "convergence": {"train_solver": ["euler", "midpoint"], "step_size": [1.0], "seed": [0, 1]},
-    "compare": {"model": ["resnet", "rknet", "odenet"], "seed": [0, 1]},
+    "stability": {
+        "solver": ["euler", "rk4"],
+        "step_size": [0.1, 1.0, 3.0],
+        "depth": [8],
+        "norm": ["batch"],
+        "shortcut": ["A"],
+        "seed": [0, 1],
+    },
+    "convergence": {"train_solver": ["euler", "midpoint"], "step_size": [1.0], "depth": [8], "seed": [0, 1]},
+    "compare": {"model": ["resnet", "rknet", "odenet"], "learning_rate": [0.03, 0.1], "seed": [0, 1]},
 }
+ACCURACY_UP_TO = 8.0  # eval accuracies are NaN above it, as the study stores them
 INNER = {
     "epoch": [1, 2, 3],
     "block": [0, 1, 2],
     "when": ["init", "final"],
+    "select": ["modulus", "real_part"],
     "eig": [0, 1],
     "eval_solver": EVAL_SOLVERS,
-    "refinement": [0.5, 1.0, 2.0, 4.0, 8.0],
+    "refinement": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0],
     "stage": [0, 1],
 }
 
@@ -66,8 +80,17 @@ def _values(name: str, dims: tuple[str, ...], coords: dict[str, list], rng: np.r
         r = xr.DataArray(coords["refinement"], dims="refinement")
         scale = xr.DataArray(rng.uniform(0.05, 0.1, shape), dims=dims)
         return (scale * r ** (-order)).transpose(*dims).values
+    if name.startswith("eval_") and "refinement" in dims:  # accuracies and losses only up to accuracy_up_to
+        r = np.asarray(coords["refinement"]).reshape([-1 if d == "refinement" else 1 for d in dims])
+        return np.where(r <= ACCURACY_UP_TO, rng.uniform(0.6, 0.95, shape), np.nan)
     if name in ("diverged", "outcome", "diverged_epoch"):
         return np.zeros(shape, dtype=np.int64)
+    if name == "peak_saved_bytes":
+        return rng.uniform(1, 8, shape) * 2**20
+    if name == "peak_cuda_bytes":  # a CPU study
+        return np.full(shape, np.nan)
+    if name == "reference_error":
+        return rng.uniform(1e-9, 1e-8, shape)
     if name == "parameters":
         return np.full(shape, 269_722, dtype=np.int64)
     if name == "eig_real":
@@ -81,11 +104,11 @@ def _values(name: str, dims: tuple[str, ...], coords: dict[str, list], rng: np.r
     return rng.uniform(0.2, 2.0, shape)
 
 
-def make_study(kind: str, cells: dict[str, list] | None = None, seed: int = 0) -> xr.Dataset:
-    """A complete study dataset of ``kind``: cell 0 diverged, the last cell unfinished."""
+def make_study(kind: str, cells: dict[str, list] | None = None, seed: int = 0, **inner: list) -> xr.Dataset:
+    """A complete study dataset of ``kind``: cell 0 diverged, the last cell unfinished (``inner`` replaces INNER's)."""
     rng = np.random.default_rng(seed)
     cells = cells or CELLS[kind]
-    coords = {**cells, **INNER}
+    coords = {**cells, **INNER, **inner}
     ds = xr.Dataset(attrs={"study": kind, "config": json.dumps({"kind": kind}), "odenet_version": "test"})
     for name, values in coords.items():
         ds.coords[name] = (name, values, _coord_attrs(name))
@@ -104,10 +127,18 @@ def make_study(kind: str, cells: dict[str, list] | None = None, seed: int = 0) -
     return ds
 
 
-def horizon_stability() -> xr.Dataset:
-    """Fixed horizon T = 4: cells solver × depth × seed, h = T / depth along depth."""
-    ds = make_study("stability", {"solver": ["euler", "rk4"], "depth": [2, 4, 16], "seed": [0, 1]})
-    ds.coords["step_size"] = ("depth", [2.0, 1.0, 0.25], _coord_attrs("step_size"))
+def horizon_stability(norms: tuple[str, ...] = ("batch",), shortcuts: tuple[str, ...] = ("A",)) -> xr.Dataset:
+    """Fixed horizon T = 3: cells solver × depth × norm × shortcut × seed, h = T / n along depth (n = 1, 2, 5)."""
+    cells = {"solver": ["euler", "rk4"], "depth": [8, 14, 32], "norm": list(norms), "shortcut": list(shortcuts)}
+    ds = make_study("stability", {**cells, "seed": [0, 1]})
+    ds.coords["step_size"] = ("depth", [3.0, 1.5, 0.6], _coord_attrs("step_size"))
+    return ds
+
+
+def horizon_convergence() -> xr.Dataset:
+    """Fixed horizon T = 3: cells train_solver × depth × seed, h = T / n along depth."""
+    ds = make_study("convergence", {"train_solver": ["euler", "rk4"], "depth": [14, 20], "seed": [0, 1, 2]})
+    ds.coords["step_size"] = ("depth", [1.5, 1.0], _coord_attrs("step_size"))
     return ds
 
 
@@ -172,8 +203,11 @@ def test_diverged_seeds_are_counted_not_dropped(figures):
     # Cell 0 (euler, depth 8, residual, seed 0) diverged: its point still has seed 1.
     texts = [t.get_text() for t in figures["depth"]["depth-accuracy"].axes[0].texts]
     assert texts == ["1/2 diverged"]
-    summary = [t.get_text() for t in figures["compare"]["compare-summary"].axes[0].texts]
-    assert "1/2 diverged" in summary
+    # (resnet, lr 0.03, seed 0) diverged: counted where each rate is shown; the summary
+    # reports resnet at 0.1, the rate without a diverged seed, so there it says nothing.
+    for ax in figures["compare"]["compare-learning-rate"].axes:
+        assert [t.get_text() for t in ax.texts] == ["1/2 diverged"]
+    assert not any("diverged" in t.get_text() for t in figures["compare"]["compare-summary"].axes[0].texts)
     # Convergence panels average over runs: (euler, h = 1, seed 0) diverged, seed 1 did not.
     euler = [t.get_text() for t in figures["convergence"]["convergence-accuracy"].axes[0].texts]
     assert euler == ["1/2 runs diverged"]
@@ -211,20 +245,240 @@ def test_euler_boundary_is_the_unit_circle_about_minus_one(figures):
     assert np.abs(np.abs(z + 1) - 1).max() < 0.02
 
 
-def test_measured_h_lambda_is_drawn_for_init_and_final(figures):
+def test_measured_h_lambda_is_drawn_for_each_moment_and_each_selection(figures):
     ax = figures["stability"]["stability-regions"].axes[0]
-    points = [c for c in ax.collections if isinstance(c, PathCollection)]
+    points = {c.get_gid(): c for c in ax.collections if isinstance(c, PathCollection)}
     ds = make_study("stability").sel(solver="euler")
     finished_cells = int(ds["done"].sum()) * ds.sizes["block"] * ds.sizes["eig"]
-    assert [len(c.get_offsets()) for c in points] == [finished_cells, finished_cells]
+    expected = {f"h-lambda-{when}-{select}" for when in ("init", "final") for select in ("modulus", "real_part")}
+    assert set(points) == expected
+    assert all(len(c.get_offsets()) == finished_cells for c in points.values())
+    # The two selections look different: by modulus filled, by real part hollow rings.
+    lam = ds["eig_real"].sel(when="init", select="real_part") * ds["step_size"]
+    np.testing.assert_allclose(
+        np.sort(points["h-lambda-init-real_part"].get_offsets()[:, 0]), np.sort(lam.values.ravel())
+    )
+    assert points["h-lambda-init-modulus"].get_facecolors()[:, 3].min() > 0
+    assert points["h-lambda-init-real_part"].get_facecolors().size == 0
 
 
 def test_fixed_horizon_layout_read_from_netcdf_plots_against_step_size(tmp_path):
     horizon_stability().to_netcdf(tmp_path / "horizon.nc", engine="h5netcdf")
     figs = study_figures(open_result(tmp_path / "horizon.nc"))
-    assert set(figs) == EXPECTED["stability"]
+    assert set(figs) == EXPECTED["stability"]  # one norm and one shortcut: no stability-controls
     (line, *_) = figs["stability-accuracy"].axes[0].lines
-    assert sorted(line.get_xdata()) == [0.25, 1.0, 2.0]
+    assert sorted(line.get_xdata()) == [0.6, 1.5, 3.0]
+
+
+def controls_study(layout: str = "horizon") -> xr.Dataset:
+    """Euler, 2 norms × 2 shortcuts; depths 8, 14, 32 (n = 1, 2, 5 blocks per stage, up to 15 blocks).
+
+    At init the eigenvalue of largest modulus of every step of stage s is exactly
+    (s + 1)·c / h, c = 1, 2, 3, 4 per norm × shortcut: |λ| ∝ 1/h. A stage's first block
+    after stage 0 is its transition, which has no eigenvalues (NaN); blocks past a
+    network's 3n are not there (NaN). ``layout``: "horizon" (h along depth) or "grid"
+    (h a dimension, one depth).
+    """
+    controls = {"norm": ["batch", "group"], "shortcut": ["A", "B"]}
+    if layout == "horizon":
+        depths, steps = [8, 14, 32], [3.0, 1.5, 0.6]
+        ds = make_study("stability", {"solver": ["euler"], "depth": depths, **controls, "seed": [0, 1]},
+                        block=list(range(15)))  # fmt: skip
+        ds.coords["step_size"] = ("depth", steps, _coord_attrs("step_size"))
+        h = ds["step_size"]
+    else:
+        depths, steps = [14], [0.3, 1.0, 3.0]
+        cells = {"solver": ["euler"], "step_size": steps, "depth": depths, **controls, "seed": [0, 1]}
+        ds = make_study("stability", cells, block=list(range(15)))
+        h = ds["step_size"]
+    n = (ds["depth"] - 2) // 6
+    block = ds["block"]
+    stage = block // n
+    transition = (stage > 0) & (block % n == 0)
+    c = xr.DataArray([[1.0, 2.0], [3.0, 4.0]], coords={"norm": controls["norm"], "shortcut": controls["shortcut"]})
+    largest = ((stage + 1) * c / h).where((block < 3 * n) & ~transition)
+    init_modulus = {"when": "init", "select": "modulus", "eig": 0}
+    target = ds["eig_real"].loc[init_modulus]
+    ds["eig_real"].loc[init_modulus] = -largest.broadcast_like(target).transpose(*target.dims)
+    ds["eig_imag"].loc[init_modulus] = 0.0
+    ds["activation_rms"] = ds["activation_rms"].where(block < 3 * n)
+    return ds
+
+
+def test_stage_of_block_is_b_div_n_from_the_blocks_each_network_has():
+    stage = stage_of_block(controls_study())
+    assert stage.sel(depth=32, solver="euler", norm="batch", shortcut="A", seed=0).values.tolist() == [
+        *[0] * 5, *[1] * 5, *[2] * 5,
+    ]  # fmt: skip
+    depth8 = stage.sel(depth=8, solver="euler", norm="batch", shortcut="A", seed=0).values
+    np.testing.assert_array_equal(depth8[:3], [0, 1, 2])
+    assert np.isnan(depth8[3:]).all()  # a network of 3 blocks has no block 3
+
+
+@pytest.mark.parametrize("layout", ["horizon", "grid"])
+def test_norm_and_shortcut_axes_get_a_controls_figure_with_one_line_each(layout):
+    ds = controls_study(layout)
+    figs = study_figures(ds)
+    assert set(figs) == STABILITY | {"stability-controls"}
+    fig = figs["stability-controls"]
+    labels = ["norm=batch, shortcut=A", "norm=batch, shortcut=B", "norm=group, shortcut=A", "norm=group, shortcut=B"]
+    (legend,) = fig.legends  # five entries: beside the panels
+    assert [t.get_text() for t in legend.get_texts()] == [*labels, "slope −1 (|λ| ∝ 1/h)"]
+    h = np.asarray(ds["step_size"].values, dtype=float)
+    n = (np.asarray(ds["depth"].values) - 2) // 6
+    n = np.broadcast_to(n, h.shape)
+    for s, ax in enumerate(fig.axes):
+        assert ax.get_title() == f"stage {s}"
+        (slope,) = [line for line in ax.lines if line.get_gid() == "slope-1"]
+        x, y = slope.get_xydata().T
+        assert np.polyfit(np.log(x), np.log(y), 1)[0] == pytest.approx(-1)
+        means = [c.lines[0] for c in ax.containers]
+        assert len(means) == 4
+        for c, line in enumerate(means, start=1):
+            # Stage s of a network with n = 1 is its transition alone after stage 0: no eigenvalues.
+            expected = np.where((s == 0) | (n > 1), (s + 1) * c / h, np.nan)
+            np.testing.assert_allclose(line.get_xdata(), h)
+            np.testing.assert_allclose(line.get_ydata(), expected, rtol=1e-12)
+    # The other figures draw the same four lines, labelled the same way.
+    assert figs["stability-accuracy"].axes[0].get_legend_handles_labels()[1] == labels
+
+
+def test_one_norm_and_one_shortcut_are_squeezed_not_named():
+    figs = study_figures(make_study("stability"))
+    assert "stability-controls" not in figs
+    _, texts = figs["stability-accuracy"].axes[0].get_legend_handles_labels()
+    assert texts == ["euler", "rk4"]
+
+
+def test_discretisation_shows_the_largest_radius_over_blocks_and_the_line_at_one(figures):
+    ds = make_study("stability")
+    fig = figures["stability"]["stability-discretisation"]
+    radii_init, _, excess_init, _ = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == ["init", "final", "init", "final"]
+    for name, ax in (("step_radius", radii_init), ("flow_radius", radii_init), ("step_excess", excess_init)):
+        euler, _ = [line for line in ax.lines if line.get_gid() == name]
+        # Every euler cell finished: the seed mean of the per-cell maximum over blocks.
+        expected = ds[name].sel(solver="euler", when="init").max("block").mean("seed").squeeze()
+        np.testing.assert_allclose(euler.get_xdata(), ds["step_size"].values)
+        np.testing.assert_allclose(euler.get_ydata(), expected.values)
+    for ax in (excess_init, fig.axes[3]):
+        assert any(np.all(np.asarray(line.get_ydata()) == 1.0) for line in ax.lines if line.get_gid() is None)
+
+
+def test_seed_stats_is_the_sample_std_over_finished_seeds_with_their_count():
+    da = xr.DataArray([[1.0, 2.0, 3.0], [5.0, np.nan, np.nan], [np.nan] * 3], dims=("x", "seed"))
+    mean, std, n = seed_stats(da)
+    np.testing.assert_allclose(mean.values, [2.0, 5.0, np.nan])
+    np.testing.assert_allclose(std.values, [1.0, np.nan, np.nan])  # ddof = 1; one seed: no spread, not 0
+    assert n.values.tolist() == [3, 1, 0]
+
+
+def test_error_bars_are_the_sample_std_and_figures_say_n():
+    ds = make_study("depth", {"solver": ["euler"], "depth": [8, 20], "arch": ["residual", "plain"], "seed": [0, 1, 2]})
+    ds["final_test_accuracy"].loc[{"depth": 20, "arch": "residual"}] = [0.1, 0.2, 0.3]
+    fig = study_figures(ds)["depth-accuracy"]
+    residual = fig.axes[0].containers[0]
+    line, _, (bars,) = residual
+    assert line.get_ydata()[1] == pytest.approx(0.2)
+    segment = bars.get_segments()[1]
+    assert (segment[1, 1] - segment[0, 1]) / 2 == pytest.approx(0.1)  # sample std of 0.1, 0.2, 0.3
+    # Cell 0 diverged (2 seeds left), the last one is unfinished (2 seeds), the rest have 3.
+    assert fig.get_suptitle() == "mean ± sample std (ddof=1), n = 2–3 seeds"
+
+
+def test_a_single_seed_draws_no_error_bar_in_a_kinds_figure():
+    ds = make_study("stability").isel(seed=[0])
+    fig = study_figures(ds)["stability-accuracy"]
+    for container in fig.axes[0].containers:
+        _, _, (bars,) = container
+        assert not np.isfinite(np.concatenate(bars.get_segments())).any()
+    assert fig.get_suptitle() == "mean ± sample std (ddof=1), n = 1 seed (no error bars)"
+
+
+def compare_with_two_rates() -> xr.Dataset:
+    """Three models at lr 0.03 and 0.1; known final training losses and accuracies.
+
+    resnet trains best at 0.03, but seed 0 diverged there (cell 0), so 0.1 is its rate;
+    rknet's lowest loss is at 0.03 (its last epoch there is unrecorded: the one before
+    counts); odenet's at 0.1, where seed 1 has not finished.
+    """
+    ds = make_study("compare")
+    loss = {"resnet": (0.1, 0.5), "rknet": (0.2, 0.9), "odenet": (0.8, 0.3)}
+    for model, (at_small, at_large) in loss.items():
+        ds["train_loss"].loc[{"model": model, "learning_rate": 0.03}] = at_small
+        ds["train_loss"].loc[{"model": model, "learning_rate": 0.1}] = at_large
+    ds["train_loss"].loc[{"model": "rknet", "learning_rate": 0.03, "seed": 1, "epoch": 3}] = np.nan
+    ds["final_test_accuracy"].loc[{"learning_rate": 0.03}] = [[0.50, 0.52], [0.54, 0.56], [0.58, 0.60]]
+    ds["final_test_accuracy"].loc[{"learning_rate": 0.1}] = [[0.90, 0.92], [0.94, 0.96], [0.98, 0.99]]
+    ds["final_test_accuracy"][{"model": 0, "learning_rate": 0, "seed": 0}] = np.nan
+    ds["final_test_accuracy"][{"model": -1, "learning_rate": -1, "seed": -1}] = GARBAGE
+    return ds
+
+
+def test_compare_reports_each_model_at_its_chosen_learning_rate():
+    ds = compare_with_two_rates()
+    chosen = {"resnet": 0.1, "rknet": 0.03, "odenet": 0.1}
+    lr = reported(ds.where(ds["done"] == 1))
+    assert dict(zip(lr["model"].values, lr.values.tolist(), strict=True)) == chosen
+    if importlib.util.find_spec("bottleneck") or importlib.util.find_spec("numbagg"):
+        from odenet.studies.kinds.compare import chosen_lr
+
+        xr.testing.assert_equal(lr, chosen_lr(ds.where(ds["done"] == 1).fillna({"diverged": 0})))
+    figs = study_figures(ds)
+    summary = figs["compare-summary"]
+    accuracy, _, _, memory = summary.axes
+    widths = [bar.get_width() for bar in accuracy.patches]
+    np.testing.assert_allclose(widths, [0.91, 0.55, 0.98])  # odenet at 0.1: seed 0 only
+    assert [t.get_text() for t in accuracy.get_yticklabels()] == ["resnet\nlr 0.1", "rknet\nlr 0.03", "odenet\nlr 0.1"]
+    assert "lowest mean final training loss" in summary.get_suptitle()
+    assert "n = 1–2 seeds" in summary.get_suptitle()
+    # Memory: peak bytes autograd saves, in MiB, of each model at its rate.
+    saved = ds["peak_saved_bytes"].where(ds["done"] == 1) / 2**20
+    expected = [float(saved.sel(model=m, learning_rate=r).mean()) for m, r in chosen.items()]
+    np.testing.assert_allclose([bar.get_width() for bar in memory.patches], expected)
+    assert memory.get_xlabel().endswith("[MiB]")
+    # The choice itself: training loss against the rate, the chosen point ringed.
+    for ax in figs["compare-learning-rate"].axes:
+        for model, rate in chosen.items():
+            (ring,) = [line for line in ax.lines if line.get_gid() == f"chosen-{model}"]
+            assert ring.get_xdata().tolist() == [rate]
+
+
+def test_fixed_horizon_convergence_has_a_row_per_training_step_size():
+    ds = horizon_convergence()
+    figs = study_figures(ds)
+    assert set(figs) == EXPECTED["convergence"]
+    titles = [ax.get_title() for ax in figs["convergence-accuracy"].axes]
+    assert titles == [
+        "trained with euler\nstep size 1.5, depth 14",
+        "trained with rk4\nstep size 1.5, depth 14",
+        "trained with euler\nstep size 1, depth 20",
+        "trained with rk4\nstep size 1, depth 20",
+    ]
+    done = ds.where(ds["done"] == 1)
+    for ax, (h_index, train) in zip(figs["convergence-accuracy"].axes, [(0, 0), (0, 1), (1, 0), (1, 1)], strict=True):
+        cell = done.isel(depth=h_index, train_solver=train)
+        for name in ("eval_accuracy", "eval_accuracy_recalibrated"):
+            lines = [line for line in ax.lines if line.get_gid() == name]
+            assert len(lines) == len(EVAL_SOLVERS)
+            assert {line.get_linestyle() for line in lines} == {"-" if name == "eval_accuracy" else "--"}
+            for line, solver in zip(lines, EVAL_SOLVERS, strict=True):
+                expected = cell[name].sel(eval_solver=solver).mean("seed")
+                np.testing.assert_allclose(line.get_ydata(), expected.values)  # NaN above accuracy_up_to
+        for name in ("reference_accuracy", "reference_accuracy_recalibrated"):
+            (line,) = [line for line in ax.lines if line.get_gid() == name]
+            assert line.get_ydata()[0] == pytest.approx(float(cell[name].mean()))
+    # The reference's resolution is shaded on the error panels: up to 10× its error.
+    error = figs["convergence-error"]
+    assert [ax.get_title() for ax in error.axes][:2] == [
+        "stage 0\nstep size 1.5, depth 14",
+        "stage 1\nstep size 1.5, depth 14",
+    ]
+    ax = error.axes[0]
+    (band,) = [p for p in ax.patches if p.get_gid() == "reference-floor"]
+    floor = FLOOR * float(done["reference_error"].isel(depth=0).sel(stage=0).max())
+    top = band.get_path().transformed(band.get_patch_transform()).vertices[:, 1].max()
+    assert top == pytest.approx(min(floor, ax.get_ylim()[1]))
 
 
 def test_missing_study_kind_and_nothing_finished_are_plot_errors():
@@ -361,11 +615,11 @@ def test_cli_writes_figures_from_netcdf_and_a_running_zarr_store(tmp_path):
     runner = CliRunner()
     result = runner.invoke(plot, [str(tmp_path / "compare.nc"), "--out", str(tmp_path), "--dpi", "50"])
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines() == [str(tmp_path / "compare-summary.png")]
+    assert result.output.splitlines() == [str(tmp_path / f"compare-{f}.png") for f in ("summary", "learning-rate")]
     out = tmp_path / "svg"
     result = runner.invoke(plot, [str(tmp_path / "running.zarr"), "-o", str(out), "-f", "svg", "-f", "pdf"])
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines() == [str(out / "compare-summary.svg"), str(out / "compare-summary.pdf")]
+    assert result.output.splitlines()[:2] == [str(out / "compare-summary.svg"), str(out / "compare-summary.pdf")]
     assert _is_image(out / "compare-summary.svg") and (out / "compare-summary.pdf").read_bytes().startswith(b"%PDF")
 
 

@@ -13,14 +13,19 @@ registered figures still plots, with the generic figures of ``odenet.plots.gener
 kind         figures
 ===========  =====================================================================
 depth        depth-accuracy, depth-train-loss, depth-curves, depth-grad-norm
-stability    stability-regions, stability-accuracy, stability-max-R
+stability    stability-regions, stability-accuracy, stability-max-R,
+             stability-discretisation; stability-controls (norm or shortcut varied)
 convergence  convergence-error, convergence-accuracy
-compare      compare-summary
+compare      compare-summary; compare-learning-rate (several learning rates)
 (any other)  <kind>-final, <kind>-history (generic: from the dataset's labels)
 ===========  =====================================================================
 
 Only finished cells (``done == 1``) are drawn, so a running study can be plotted;
-diverged cells are counted ("k/n diverged") rather than dropped.
+diverged cells are counted ("k/n diverged") rather than dropped. Every mean over seeds
+is ``seed_stats``'s: error bars are the sample standard deviation (ddof = 1), none where
+fewer than two seeds finished, and each figure says its n at the top. Cell dimensions
+with one value (a study that does not vary the normalisation) are selected away; those
+with several become lines or panels, labelled e.g. "norm=group, shortcut=B".
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 # The figure modules are imported for their registrations as much as for their names.
-from odenet.plots.common import FORMATS, PlotError, label, open_result, provenance, save_figure
+from odenet.plots.common import FORMATS, PlotError, label, open_result, provenance, save_figure, seed_stats
 from odenet.plots.compare import compare_figures
 from odenet.plots.convergence import convergence_figures
 from odenet.plots.depth import depth_figures
@@ -54,6 +59,7 @@ __all__ = [
     "label",
     "open_result",
     "plot_study",
+    "seed_stats",
     "stability_figures",
     "study_figures",
     "unregister",

@@ -24,8 +24,10 @@ from odenet.plots.common import (
     finished,
     groups,
     label,
+    last_valid,
     legend,
     new_figure,
+    note_seeds,
     require,
     seed_stats,
     shared_labels,
@@ -53,22 +55,6 @@ def depth_figures(ds: xr.Dataset) -> dict[str, Figure]:
     }
 
 
-def last_valid(da: xr.DataArray, dim: str) -> xr.DataArray:
-    """The last non-NaN value along ``dim`` (NaN where there is none).
-
-    A run that stopped early (diverged, or a study resumed with more epochs) has its
-    history NaN-padded, so "the last epoch" is the last one that was recorded.
-    """
-    values = np.moveaxis(da.values, da.get_axis_num(dim), -1)
-    valid = np.isfinite(values)
-    index = values.shape[-1] - 1 - np.argmax(valid[..., ::-1], axis=-1)
-    last = np.take_along_axis(values, index[..., None], axis=-1)[..., 0]
-    last = np.where(valid.any(axis=-1), last, np.nan)
-    dims = [d for d in da.dims if d != dim]
-    coords = {k: v for k, v in da.coords.items() if dim not in v.dims}
-    return xr.DataArray(last, dims=dims, coords=coords, attrs=da.attrs, name=da.name)
-
-
 def _final_train_loss(done: xr.Dataset) -> xr.DataArray:
     # A diverged run's last recorded loss is huge and would swamp the mean; its seeds are
     # counted as "k/n diverged" instead, like its NaN final accuracy.
@@ -86,8 +72,10 @@ def _versus_depth(done: xr.Dataset, values: xr.DataArray, suffix: str = "") -> F
     ax = fig.axes[0]
     depth = done["depth"].values
     solvers = list(done["solver"].values) if "solver" in done.dims else [None]
+    counts = []
     for text, sel, sub in groups(values, _line_dims(done)):
-        mean, std = seed_stats(sub)
+        mean, std, n_seeds = seed_stats(sub)
+        counts.append(n_seeds.values)
         colour = COLOURS[solvers.index(sel.get("solver")) % len(COLOURS)]
         style = ARCH_STYLES.get(str(sel.get("arch")), "-")
         ax.errorbar(
@@ -107,6 +95,7 @@ def _versus_depth(done: xr.Dataset, values: xr.DataArray, suffix: str = "") -> F
     ax.set_ylabel(label(values, suffix))
     ax.set_xticks(depth)
     legend(ax)
+    note_seeds(fig, counts)
     return fig
 
 
@@ -136,12 +125,14 @@ def _curves(done: xr.Dataset) -> Figure:
     # Diverged runs are left out of the mean curves (their NaN-padded tail would cut the
     # line short); their share is in depth-accuracy.
     kept = done.where(done["diverged"] != 1)
+    counts = []
     for row, solver in zip(axes, rows, strict=True):
         sel = {"solver": solver} if solver is not None else {}
         for ax, name in zip(row, ("train_loss", "test_accuracy"), strict=True):
             var = kept[name].sel(sel)
             for _, part, sub in groups(var, ["depth", "arch"]):
-                mean, _ = seed_stats(sub)
+                mean, _, n = seed_stats(sub)
+                counts.append(n.values)
                 ax.plot(
                     epoch,
                     mean.values,
@@ -155,6 +146,7 @@ def _curves(done: xr.Dataset) -> Figure:
                 ax.set_title(str(solver), fontsize=9)
     shared_labels(fig, xlabel=label(done["epoch"]))
     fig.legend(handles=depth_handles + _arch_handles(done), loc="outside right upper", fontsize=7)
+    note_seeds(fig, counts, spread=False, prefix="diverged runs left out")
     return fig
 
 
@@ -166,10 +158,12 @@ def _grad_norm(done: xr.Dataset) -> Figure:
     fig = new_figure(len(rows), len(whens), sharey="row")
     axes = np.array(fig.axes).reshape(len(rows), len(whens))
     norm, depth_handles = _depth_colours(done)
+    counts = []
     for row, (text, _, sub) in zip(axes, rows, strict=True):
         for ax, when in zip(row, whens, strict=True):
             for _, part, line in groups(sub.sel(when=when), ["depth"]):
-                mean, _ = seed_stats(line)
+                mean, _, n = seed_stats(line)
+                counts.append(n.values)
                 ax.plot(
                     mean["block"].values,
                     mean.values,
@@ -183,4 +177,5 @@ def _grad_norm(done: xr.Dataset) -> Figure:
             ax.set_title(f"{text}, {when}" if text else str(when), fontsize=9)
     shared_labels(fig, xlabel=label(done["block"], width=80), ylabel=label(var, width=30 * len(rows)))
     fig.legend(handles=depth_handles, loc="outside right upper", fontsize=7)
+    note_seeds(fig, counts, spread=False)
     return fig

@@ -9,7 +9,7 @@ the dataset: the cell dimensions are those of the ``done`` mask, axis labels com
   run, e.g. ``final_test_accuracy``), one panel each, against the first cell dimension
   other than ``seed`` (with several values); one line per combination of the other
   cell dimensions, the mean over seeds with the sample standard deviation (ddof = 1)
-  as error bars where at least two seeds finished.
+  as error bars where at least two seeds finished (``seed_stats``; n in the title).
 * ``<kind>-history``: ``test_accuracy`` and ``train_loss`` against ``epoch``, the
   seed mean per combination of the other cell dimensions.
 
@@ -38,10 +38,12 @@ from odenet.plots.common import (
     legend,
     log_axis,
     new_figure,
+    note_seeds,
     require,
+    seed_stats,
 )
 
-__all__ = ["CURVES", "final_variables", "generic_figures", "sample_stats"]
+__all__ = ["CURVES", "final_variables", "generic_figures"]
 
 # Training curves drawn against epoch, when a study stores them.
 CURVES = ("test_accuracy", "train_loss")
@@ -105,23 +107,6 @@ def final_variables(ds: xr.Dataset) -> list[str]:
     ]
 
 
-def sample_stats(da: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
-    """Mean, sample standard deviation (ddof = 1) and count over ``seed`` of the finite values.
-
-    The standard deviation is NaN (no error bar) where fewer than two seeds finished:
-    one run says nothing about the spread. Without a ``seed`` dimension every value is
-    its own mean, with n = 1.
-    """
-    if "seed" not in da.dims:
-        n = da.notnull().astype(int)
-        return da, xr.full_like(da, np.nan, dtype=float), n
-    n = da.notnull().sum("seed")
-    mean = da.sum("seed") / n.where(n > 0)
-    # Dividing by NaN where n < 2 (not by zero) gives NaN without a warning.
-    std = (((da - mean) ** 2).sum("seed") / (n - 1).where(n >= 2)) ** 0.5
-    return mean, std, n
-
-
 def _x_axis(ax: Axes, coord: xr.DataArray) -> tuple[np.ndarray, bool]:
     """Positions of the x values, and whether to join the points by lines.
 
@@ -149,7 +134,7 @@ def _style(i: int) -> dict[str, Any]:
     return {"color": COLOURS[i % len(COLOURS)], "linestyle": STYLES[(i // len(COLOURS)) % len(STYLES)]}
 
 
-def _grid(n: int, **kw: float) -> Figure:
+def _grid(n: int, **kw: Any) -> Figure:
     """``n`` panels, at most three a row; unused places of the last row removed."""
     ncols = min(n, 3)
     fig = new_figure(math.ceil(n / ncols), ncols, **kw)
@@ -163,12 +148,14 @@ def _finals(done: xr.Dataset, names: list[str], cells: list[str]) -> Figure:
     x = x_dim(done)
     others = [d for d in cells if d not in (x, "seed")]
     fig = _grid(len(names))
+    counts = []
     for ax, name in zip(fig.axes, names, strict=True):
         # Counts per point need diverged and the variable over the same cells.
         count_diverged = "diverged" in done and set(done["diverged"].dims) == set(done[name].dims) == set(cells)
         positions, join = _x_axis(ax, done[x])
         for i, (text, sel, sub) in enumerate(groups(done[name], others)):
-            mean, std, _ = sample_stats(sub.transpose(x, ...))
+            mean, std, n_seeds = seed_stats(sub.transpose(x, ...))
+            counts.append(n_seeds.values)
             style = _style(i) if join else {**_style(i), "linestyle": "none"}
             ax.errorbar(
                 positions,
@@ -187,6 +174,7 @@ def _finals(done: xr.Dataset, names: list[str], cells: list[str]) -> Figure:
         ax.set_ylabel(label(done[name], width=30))
     if others:
         legend(fig.axes[0])
+    note_seeds(fig, counts)
     return fig
 
 
@@ -195,13 +183,16 @@ def _history(done: xr.Dataset, names: list[str], cells: list[str]) -> Figure:
     lines = [d for d in cells if d != "seed"]
     fig = _grid(len(names))
     epoch = done["epoch"].values
+    counts = []
     for ax, name in zip(fig.axes, names, strict=True):
         for i, (text, _, sub) in enumerate(groups(done[name], lines)):
-            mean, _, _ = sample_stats(sub.transpose("epoch", ...))
+            mean, _, n = seed_stats(sub.transpose("epoch", ...))
+            counts.append(n.values)
             ax.plot(epoch, mean.values, label=text or None, linewidth=1, **_style(i))
         ax.set_xlabel(label(done["epoch"]))
         ax.set_ylabel(label(done[name], width=30))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if lines:
         legend(fig.axes[0])
+    note_seeds(fig, counts, spread=False)
     return fig
