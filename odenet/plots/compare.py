@@ -63,17 +63,7 @@ def reported(done: xr.Dataset) -> xr.DataArray:
     A seed that has not finished is not a failed one: only finished seeds that diverged
     bar a rate from the choice.
     """
-    ds = done.assign(diverged=done["diverged"].fillna(0))
-    try:
-        return chosen_lr(ds)
-    except ImportError:
-        # chosen_lr forward-fills with xarray's ffill, which imports bottleneck or numbagg,
-        # and odenet depends on neither. Until it does not need them: its rule, on the
-        # last recorded loss (what ffill then isel(epoch=-1) gives).
-        failed = ds["diverged"].astype(bool).any("seed")
-        score = _last_train_loss(ds).mean("seed").where(~failed).fillna(np.inf)
-        best = score.argmin("learning_rate")
-        return ds["learning_rate"].isel(learning_rate=best).drop_vars("learning_rate").rename("chosen_lr")
+    return chosen_lr(done.assign(diverged=done["diverged"].fillna(0)))
 
 
 def _last_train_loss(done: xr.Dataset) -> xr.DataArray:

@@ -15,10 +15,11 @@ What each number controls for:
 * the order is the median of the local slopes log(e_r / e_2r) / log 2 between
   successive refinements above that floor;
 * accuracies (at refinements up to ``accuracy_up_to``; finer ones change no class
-  once the stage errors are small, and cost the most) are given twice: with the training trajectory's batch-norm statistics
-  (what re-solving alone does) and with statistics recalibrated on training data under
-  the evaluation solver (``ResidualNetwork.with_solver(recalibrate=…)``, no weight
-  changes), which separates stale statistics from a change of the function.
+  once the stage errors are small, and cost the most) are given twice: with the
+  training trajectory's batch-norm statistics (what re-solving alone does) and with
+  statistics recalibrated on training data under the evaluation solver
+  (``ResidualNetwork.with_solver(recalibrate=…)``, no weight changes), which separates
+  stale statistics from a change of the function.
 """
 
 from __future__ import annotations
@@ -231,7 +232,7 @@ class ConvergenceStudy(Study):
         x64 = data.x_test[:ERROR_SAMPLES].to(device, torch.float64)
         x, y = data.x_test.to(device, torch.float32), data.y_test.to(device)
         calibration = data.x_train[:CALIBRATION_SAMPLES].to(device, torch.float32)
-        reference = {"solver": self.reference, "adjoint": False}
+        reference: dict[str, Any] = {"solver": self.reference, "adjoint": False}
         try:
             inputs, outputs = stage_states(net64.with_solver(**reference, rtol=tol * 1e-2, atol=tol * 1e-2), x64)
             with torch.no_grad():
