@@ -59,25 +59,39 @@ def stability(name: str) -> None:
                     row.append(f"h={float(h.sel(depth=depth)):.3g}: {mean_sd(cell.final_test_accuracy, 100, 1)} "
                                f"div {div}/{cell.sizes['seed']}")  # fmt: skip
                 print(f"  {solver} {norm} {shortcut}: " + "; ".join(row))
-    print("\nshare of ODE steps (blocks × seeds) above 1, init → final:")
-    print("  classical max|R(hλ)| | excess |R|/max(1,|e^{hλ}|) | step_excess ρ(Φ')/max(1,ρ(e^{hJ})) | Re λ>0 share")
+    print("\nshare of ODE steps (blocks × seeds) above 1, init → final, for stage 1 / stages 2-3 (— : no steps):")
+    print("  classical max|R(hλ)| | excess |R|/max(1,|e^{hλ}|) | step_excess ρ(Φ')/max(1,ρ(e^{hJ}))"
+          " | share of largest-modulus eigenvalues with Re λ > 0 (final)")  # fmt: skip
     for solver in ds.solver.values:
         for norm in ds.norm.values:
             for shortcut in ds.shortcut.values:
                 for depth in ds.depth.values:
                     cell = ds.sel(solver=solver, depth=depth, norm=norm, shortcut=shortcut)
+                    n = (int(depth) - 2) // 6
+                    stage = np.arange(ds.sizes["block"]) // max(n, 1)
                     parts = []
                     for var in ("max_abs_R", "excess_growth", "step_excess"):
                         shares = []
-                        for when in ("init", "final"):
-                            v = steps_only(cell[var].sel(when=when), cell.sel(when=when)).values
-                            v = v[np.isfinite(v)]
-                            shares.append(f"{(v > 1 + 1e-9).mean():.2f}" if v.size else "—")
-                        parts.append("→".join(shares))
-                    re = cell["eig_real"].sel(when="final").values
+                        for stages in ((0,), (1, 2)):
+                            pair = []
+                            for when in ("init", "final"):
+                                v = steps_only(cell[var].sel(when=when), cell.sel(when=when))
+                                v = v.isel(block=np.isin(stage, stages)).values
+                                v = v[np.isfinite(v)]
+                                pair.append(f"{(v > 1 + 1e-9).mean():.2f}" if v.size else "—")
+                            shares.append("→".join(pair))
+                        parts.append(" / ".join(shares))
+                    re = cell["eig_real"].sel(when="final", select="modulus").values
                     re = re[np.isfinite(re)]
                     parts.append(f"{(re > 0).mean():.2f}" if re.size else "—")
                     print(f"  {solver:8s} {norm} {shortcut} h={float(h.sel(depth=depth)):.3g}: " + " | ".join(parts))
+    print("\nexact-flow growth per step, median over ODE steps and seeds (final): max|e^{hλ}|")
+    for solver in ds.solver.values:
+        row = []
+        for depth in ds.depth.values:
+            flow = np.nanmedian(ds["max_abs_flow"].sel(solver=solver, depth=depth, when="final").values)
+            row.append(f"h={float(h.sel(depth=depth)):.3g}: {flow:.2f}")
+        print(f"  {solver}: " + ", ".join(row))
     print(
         "\nstep-map radius vs max|R| over the computed eigenvalues (final): median ratio, share where ρ > max|R|·1.01"
     )
