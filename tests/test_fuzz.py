@@ -114,7 +114,7 @@ def test_study_run_and_plot_never_show_a_traceback(data, monkeypatch, tmp_path):
         args = _arguments(study_cli.run_spec, data.draw)
         _assert_clean(CliRunner().invoke(main, ["study", "run", spec_path, *args]))
         result = data.draw(
-            st.sampled_from([str(root / "studies/results/degradation.nc"), "missing.nc", "bad.toml", "."])
+            st.sampled_from([str(root / "studies/results/step-size-stability.nc"), "missing.nc", "bad.toml", "."])
         )
         _assert_clean(CliRunner().invoke(main, ["plot", result, *_arguments(plot_cli.plot, data.draw)]))
 
