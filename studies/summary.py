@@ -43,10 +43,10 @@ def steps_only(da: xr.DataArray, ds: xr.Dataset) -> xr.DataArray:
     return da.where(np.isfinite(ds["max_abs_R"]))
 
 
-def stability(name: str) -> None:
+def stability(name: str) -> xr.Dataset | None:
     ds = open_result(name)
     if ds is None:
-        return
+        return None
     h = ds["step_size"]
     print("final test accuracy, % (mean ± sd over seeds, n = seeds that completed); diverged / seeds")
     for solver in ds.solver.values:
@@ -107,13 +107,11 @@ def stability(name: str) -> None:
     p99 = np.percentile(res, 99)
     print(f"\nARPACK tol {tol:g}: converged per selection min {conv.min():.0f}, mean {conv.mean():.2f} "
           f"of {ds.sizes['eig']}; residual max {res.max():.2e}, 99th percentile {p99:.2e}")  # fmt: skip
+    return ds
 
 
 def controls(name: str) -> None:
-    stability(name)
-    ds = (
-        xr.open_dataset(RESULTS / f"{name}.nc", engine="h5netcdf").load() if (RESULTS / f"{name}.nc").exists() else None
-    )
+    ds = stability(name)  # the same tables, then the per-stage |λ| against h
     if ds is None:
         return
     print("\n|λ|max (largest modulus) per stage against h: exponent p of |λ| ∝ h^p (log–log fit over h, seed means)")
