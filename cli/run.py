@@ -17,6 +17,7 @@ import click
 
 from odenet.errors import ConfigError
 from odenet.experiment import RunConfig, run_experiment, save_history
+from odenet.files import deferred_interrupts
 from odenet.solvers import get_method
 from odenet.train import resolve_device, save_checkpoint
 from odenet_cli.options import Flags, build, knobs_of
@@ -91,9 +92,10 @@ def _run(**opts: Any) -> None:
 
     def keep(result: Any) -> None:  # after every epoch: an interrupted run keeps what it finished
         epochs = result.history.epochs
-        if opts["out"] is not None:
-            save_history(result, opts["out"])
-        saved[0] = epochs
+        with deferred_interrupts():  # the file and the count of saved epochs agree
+            if opts["out"] is not None:
+                save_history(result, opts["out"])
+            saved[0] = epochs
         if asked[0]:
             raise KeyboardInterrupt
 

@@ -25,6 +25,7 @@ from odenet.data import DATASETS, TensorData, data_kind, load_dataset
 from odenet.depth import WeightSharing
 from odenet.errors import ConfigError
 from odenet.fields import ACTIVATIONS
+from odenet.files import write_atomically
 from odenet.knobs import check_choice, check_count, knob
 from odenet.models import cifar_resnet, mlp_resnet
 from odenet.models.cifar import blocks_per_stage, check_block
@@ -286,13 +287,9 @@ def history_dataset(result: RunResult) -> xr.Dataset:
 def save_history(result: RunResult, path: str | Path) -> None:
     """Write ``history_dataset(result)`` as netCDF-4 (h5netcdf engine), atomically.
 
-    The file is written beside ``path`` and moved into place, so a reader (or a run
-    interrupted while writing) never leaves half a file.
+    The file is written beside ``path`` and moved into place with interrupts held back
+    (``odenet.files.write_atomically``), so neither a reader nor a run interrupted while
+    writing ever sees half a file.
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        history_dataset(result).to_netcdf(tmp, engine="h5netcdf")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    dataset = history_dataset(result)
+    write_atomically(path, lambda tmp: dataset.to_netcdf(tmp, engine="h5netcdf"))

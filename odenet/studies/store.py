@@ -28,6 +28,7 @@ import numpy as np
 import xarray as xr
 
 from odenet.errors import NAME_ONLY, ConfigError, literal
+from odenet.files import write_atomically
 from odenet.labels import Variable
 from odenet.studies.schema import OUTCOMES
 
@@ -341,9 +342,8 @@ class StudyStore:
             )
         with self._open() as ds:
             result = ds.drop_vars([CHECKSUM, CHECKSUM_DIM], errors="ignore").load()
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        result.to_netcdf(tmp, engine="h5netcdf")
-        tmp.replace(self.path)  # atomic: a reader never sees half a file
+        # atomic, interrupts held back: neither a reader nor Ctrl-C sees half a file
+        write_atomically(self.path, lambda tmp: result.to_netcdf(tmp, engine="h5netcdf"))
         if not keep_store:
             shutil.rmtree(self.zarr)
         return result
