@@ -10,7 +10,16 @@ from importlib.metadata import PackageNotFoundError, version
 from odenet import models
 from odenet.blocks import ODEBlock, SolverError, ode_blocks, total_nfe
 from odenet.depth import StepwiseField, depth_field
-from odenet.fields import BasicConvField, BottleneckField, ConcatConv2d, ConcatLinear, MLPField, PreActConvField
+from odenet.fields import (
+    BasicConvField,
+    BottleneckField,
+    ConcatConv2d,
+    ConcatLinear,
+    MLPField,
+    PostActBottleneckField,
+    PreActConvField,
+)
+from odenet.models.imagenet import imagenet_resnet, load_torchvision_state_dict
 from odenet.solvers import METHODS, Method, UnknownSolverError, get_method, method_names
 from odenet.tableaus import ButcherTableau, TableauError
 
@@ -29,6 +38,7 @@ __all__ = [
     "MLPField",
     "Method",
     "ODEBlock",
+    "PostActBottleneckField",
     "PreActConvField",
     "SolverError",
     "StepwiseField",
@@ -36,6 +46,8 @@ __all__ = [
     "UnknownSolverError",
     "depth_field",
     "get_method",
+    "imagenet_resnet",
+    "load_torchvision_state_dict",
     "method_names",
     "models",
     "ode_blocks",

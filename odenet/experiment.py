@@ -24,7 +24,7 @@ from odenet.blocks import check_solver_options, check_step_size, check_tolerance
 from odenet.data import DATASETS, TensorData, data_kind, load_dataset
 from odenet.depth import WeightSharing
 from odenet.errors import ConfigError
-from odenet.fields import ACTIVATIONS
+from odenet.fields import ACTIVATIONS, OUTPUTS
 from odenet.files import write_atomically
 from odenet.knobs import check_choice, check_count, knob
 from odenet.models import cifar_resnet, mlp_resnet
@@ -73,6 +73,14 @@ class ModelConfig:
         "frozen_batch: statistics frozen between calibrations on training data (a fixed field).",
     )
     width: int | None = knob(None, "Base width (default 16 for conv nets, 64 for MLPs).")
+    widen: int = knob(
+        1,
+        "Widening factor k (Zagoruyko & Komodakis 2016): conv stages get k·width·(1, 2, 4) channels "
+        "(the stem keeps width); an MLP's residual stream gets k·width features.",
+    )
+    branch_output: Literal["linear", "relu"] = knob(
+        "linear", "Residual branch output: linear, x + h·F(x), or relu, x + h·ReLU(F(x)) (the state only grows)."
+    )
     weights: Literal["per_step", "shared", "interpolated"] = knob(
         "per_step", "One weight set per block, one shared set (autonomous ODE), or interpolated in depth."
     )
@@ -94,6 +102,8 @@ class ModelConfig:
         check_solver_options(method, residual=self.residual, adjoint=self.adjoint)
         if self.width is not None:
             check_count("width", self.width)
+        check_count("widen", self.widen)
+        check_choice("branch_output", self.branch_output, OUTPUTS)
         check_choice("weights", self.weights, get_args(WeightSharing))
         check_choice("activation", self.activation, ACTIVATIONS)
         check_choice("norm", self.norm, NORMS)
@@ -146,17 +156,26 @@ TRAINING_BYTES_PER_PARAMETER = 24
 def parameter_estimate(config: ModelConfig, kind: str) -> int:
     """About how many parameters ``config`` has on ``kind`` data, without building it.
 
-    Conv nets: three stages of n blocks at widths w, 2w, 4w. A pre-activation or basic
-    block has two 3×3 convolutions (18c² weights), the first block of stages 2 and 3
-    starts from c/2 channels (13.5c²): (378·n − 90)·w², within 1% of the exact count
-    from ResNet-20 on (norms and the head are left out). A bottleneck block
-    (1×1–3×3–1×1) has about 17c² at its inner width c: 357·n·w². MLPs: 2·w² per block.
+    Conv nets: three stages of n blocks at widths c = kw, 2kw, 4kw (k = ``widen``). A
+    pre-activation or basic block has two 3×3 convolutions (18c² weights); the first
+    block of a stage starts from the previous width c' (9c'c + 9c²; the first stage's
+    c' is the stem's w). With k = 1 that is (378·n − 90)·w², within 1% of the exact
+    count from ResNet-20 on, and WRN-28-10 comes out at 36.2M of 36.5M (norms, 1×1
+    projections and the head are left out). A bottleneck block (1×1–3×3–1×1) has about
+    17c² at its inner width c: 357·n·(kw)². MLPs: 2·(kw)² per block.
     """
+    k = config.widen
     if kind == "image":
         n = blocks_per_stage(config.depth, config.block)
         w = config.width or 16
-        return (357 * n if config.block == "bottleneck" else 378 * n - 90) * w * w
-    w = config.width or 64
+        if config.block == "bottleneck":
+            return 357 * n * (k * w) ** 2
+        total, previous = 0, w
+        for c in (k * w, 2 * k * w, 4 * k * w):
+            total += 9 * previous * c + 9 * c * c + (n - 1) * 18 * c * c
+            previous = c
+        return total
+    w = (config.width or 64) * k
     return 2 * config.depth * w * w
 
 
@@ -181,19 +200,20 @@ def build_model(config: ModelConfig, data: TensorData) -> nn.Module:
     common = dict(
         solver=config.solver, residual=config.residual, step_size=config.step_size,
         weights=config.weights, rtol=config.rtol, atol=config.atol, adjoint=config.adjoint,
-        time=config.time, norm=config.norm,
+        time=config.time, norm=config.norm, output=config.branch_output,
     )  # fmt: skip
     config.check_data(data.kind)
     if data.kind == "image":
         return cifar_resnet(
             config.depth, block=config.block, shortcut=config.shortcut, num_classes=data.num_classes,
-            in_channels=data.input_shape[0], width=config.width or 16, **common,  # type: ignore[arg-type]
+            in_channels=data.input_shape[0], width=config.width or 16, widen=config.widen,
+            **common,  # type: ignore[arg-type]
         )  # fmt: skip
     return mlp_resnet(
         data.input_shape[0],
         data.num_classes,
         depth=config.depth,
-        width=config.width or 64,
+        width=(config.width or 64) * config.widen,
         activation=config.activation,
         **common,  # type: ignore[arg-type]
     )

@@ -8,7 +8,18 @@ Residual functions
     ``BasicConvField``    conv–BN–ReLU–conv–BN (He et al. 2015); the block adds the ReLU
                           after the sum, so it is a projected Euler step
     ``BottleneckField``   pre-activation 1×1, 3×3, 1×1 (He et al. 2016)
+    ``PostActBottleneckField``  conv1×1–BN–ReLU–conv3×3–BN–ReLU–conv1×1–BN (He et al.
+                          2015, ImageNet ResNet-50/101/152); the block adds the ReLU after
+                          the sum, as for ``BasicConvField``
     ``MLPField``          Linear–act–Linear for vector data
+
+Residual forms (``output``): the branch's output is added to the state as it is
+(``"linear"``, the pre-activation form of He et al. 2016: x + h·F(x)) or through a ReLU
+(``"relu"``: x + h·ReLU(F(x)), the form with a ReLU at the end of the branch that He et
+al. 2016, Fig. 4(c), compare and find worse: the update is never negative, so the state
+can only grow, coordinate by coordinate, along every step of a method whose weights b
+are non-negative). The post-activation form (ReLU *after* the sum, He et al. 2015) is
+``BasicConvField`` with the block's projection, not an output option.
 
 Time conditioning (``time=True``) appends t as an extra input channel before every
 convolution (or feature before every linear map), as in Chen et al. (2018)'s
@@ -24,19 +35,31 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from odenet.knobs import check_choice
 from odenet.norms import Norm, make_norm
 
 __all__ = [
     "ACTIVATIONS",
+    "OUTPUTS",
     "BasicConvField",
     "BottleneckField",
     "ConcatConv2d",
     "ConcatLinear",
     "MLPField",
     "Norm",
+    "PostActBottleneckField",
     "PreActConvField",
     "make_norm",
 ]
+
+
+# How the residual branch's output enters the sum: as it is, or through a ReLU.
+OUTPUTS = ("linear", "relu")
+
+
+def _relu_output(output: str) -> bool:
+    check_choice("output", output, OUTPUTS)
+    return output == "relu"
 
 
 def _time_like(t: Tensor | float, x: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -109,9 +132,11 @@ class PreActConvField(nn.Module):
         time: bool = False,
         bias: bool = False,
         final_norm: bool = False,
+        output: str = "linear",
     ) -> None:
         super().__init__()
         out_channels = out_channels or in_channels
+        self.relu_output = _relu_output(output)
         self.norm1 = make_norm(norm, in_channels)
         self.conv1 = ConcatConv2d(in_channels, out_channels, 3, stride, 1, bias=bias, time=time)
         self.norm2 = make_norm(norm, out_channels)
@@ -122,10 +147,10 @@ class PreActConvField(nn.Module):
         return torch.relu(self.norm1(x))
 
     def residual(self, t: Tensor | float, a: Tensor) -> Tensor:
-        """The branch after pre-activation: conv–BN–ReLU–conv(–BN)."""
+        """The branch after pre-activation: conv–BN–ReLU–conv(–BN)(–ReLU with ``output="relu"``)."""
         out = self.conv1(t, a)
-        out = self.conv2(t, torch.relu(self.norm2(out)))
-        return self.norm3(out)
+        out = self.norm3(self.conv2(t, torch.relu(self.norm2(out))))
+        return torch.relu(out) if self.relu_output else out
 
     def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
         return self.residual(t, self.preactivate(x))
@@ -147,17 +172,19 @@ class BasicConvField(nn.Module):
         norm: Norm = "batch",
         time: bool = False,
         bias: bool = False,
+        output: str = "linear",
     ) -> None:
         super().__init__()
         out_channels = out_channels or in_channels
+        self.relu_output = _relu_output(output)
         self.conv1 = ConcatConv2d(in_channels, out_channels, 3, stride, 1, bias=bias, time=time)
         self.norm1 = make_norm(norm, out_channels)
         self.conv2 = ConcatConv2d(out_channels, out_channels, 3, 1, 1, bias=bias, time=time)
         self.norm2 = make_norm(norm, out_channels)
 
     def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
-        out = torch.relu(self.norm1(self.conv1(t, x)))
-        return self.norm2(self.conv2(t, out))
+        out = self.norm2(self.conv2(t, torch.relu(self.norm1(self.conv1(t, x)))))
+        return torch.relu(out) if self.relu_output else out
 
 
 class BottleneckField(nn.Module):
@@ -177,9 +204,11 @@ class BottleneckField(nn.Module):
         norm: Norm = "batch",
         time: bool = False,
         bias: bool = False,
+        output: str = "linear",
     ) -> None:
         super().__init__()
         out_channels = out_channels or in_channels
+        self.relu_output = _relu_output(output)
         width = out_channels // self.expansion
         if width < 1:
             raise ValueError(f"a bottleneck needs out_channels ≥ {self.expansion}, got {out_channels}")
@@ -196,10 +225,51 @@ class BottleneckField(nn.Module):
     def residual(self, t: Tensor | float, a: Tensor) -> Tensor:
         out = self.conv1(t, a)
         out = self.conv2(t, torch.relu(self.norm2(out)))
-        return self.conv3(t, torch.relu(self.norm3(out)))
+        out = self.conv3(t, torch.relu(self.norm3(out)))
+        return torch.relu(out) if self.relu_output else out
 
     def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
         return self.residual(t, self.preactivate(x))
+
+
+class PostActBottleneckField(nn.Module):
+    """Post-activation bottleneck: conv1×1–BN–ReLU–conv3×3–BN–ReLU–conv1×1–BN.
+
+    He et al. (2015), Fig. 5 right (ResNet-50/101/152), as torchvision's ``Bottleneck``
+    (ResNet v1.5: the stride sits on the 3×3 conv, not on the first 1×1). Like
+    ``BasicConvField`` the ReLU after x + F(x) belongs to the block
+    (``projection=nn.ReLU()``, a projected Euler step, Euler only).
+    x: (batch, in_channels, H, W) → (batch, out_channels, H/stride, W/stride); the inner
+    width is ``out_channels // expansion`` (expansion 4).
+    """
+
+    expansion = 4
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int | None = None,
+        stride: int = 1,
+        norm: Norm = "batch",
+        time: bool = False,
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        out_channels = out_channels or in_channels
+        width = out_channels // self.expansion
+        if width < 1:
+            raise ValueError(f"a bottleneck needs out_channels ≥ {self.expansion}, got {out_channels}")
+        self.conv1 = ConcatConv2d(in_channels, width, 1, 1, 0, bias=bias, time=time)
+        self.norm1 = make_norm(norm, width)
+        self.conv2 = ConcatConv2d(width, width, 3, stride, 1, bias=bias, time=time)
+        self.norm2 = make_norm(norm, width)
+        self.conv3 = ConcatConv2d(width, out_channels, 1, 1, 0, bias=bias, time=time)
+        self.norm3 = make_norm(norm, out_channels)
+
+    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
+        out = torch.relu(self.norm1(self.conv1(t, x)))
+        out = torch.relu(self.norm2(self.conv2(t, out)))
+        return self.norm3(self.conv3(t, out))
 
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "gelu": nn.GELU}
@@ -222,8 +292,10 @@ class MLPField(nn.Module):
         norm: Norm = "none",
         time: bool = False,
         bias: bool = True,
+        output: str = "linear",
     ) -> None:
         super().__init__()
+        self.relu_output = _relu_output(output)
         if activation not in _ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of: {', '.join(_ACTIVATIONS)}")
         hidden = hidden or features
@@ -233,4 +305,5 @@ class MLPField(nn.Module):
         self.linear2 = ConcatLinear(hidden, features, bias=bias, time=time)
 
     def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
-        return self.linear2(t, self.act(self.linear1(t, self.norm(x))))
+        out = self.linear2(t, self.act(self.linear1(t, self.norm(x))))
+        return torch.relu(out) if self.relu_output else out

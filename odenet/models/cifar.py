@@ -25,7 +25,16 @@ from odenet.norms import Norm, make_norm, resolve_norm
 from odenet.solvers import Method, get_method
 from odenet.tableaus import ButcherTableau
 
-__all__ = ["BLOCKS", "SHORTCUTS", "blocks_per_stage", "check_block", "check_positive", "cifar_resnet", "valid_depths"]
+__all__ = [
+    "BLOCKS",
+    "SHORTCUTS",
+    "blocks_per_stage",
+    "check_block",
+    "check_positive",
+    "cifar_resnet",
+    "valid_depths",
+    "wide_resnet",
+]
 
 Block = Literal["basic", "preact", "bottleneck"]
 BLOCKS: dict[str, tuple[type[nn.Module], int]] = {
@@ -98,6 +107,8 @@ def cifar_resnet(
     in_channels: int = 3,
     width: int = 16,
     *,
+    widen: int = 1,
+    output: str = "linear",
     weights: WeightSharing = "per_step",
     norm: Norm = "auto",
     time: bool = False,
@@ -112,6 +123,12 @@ def cifar_resnet(
         ``"basic"`` (He et al. 2015; ReLU after the sum — a projected Euler step, so
         Euler only), ``"bottleneck"`` (pre-activation 1×1/3×3/1×1).
     residual: ``False`` builds the plain twin (no skip connections, He et al. 2015).
+    width, widen: the stem has ``width`` channels, the three stages ``widen``·``width``
+        times 1, 2, 4 (×4 for bottleneck). ``widen`` is the widening factor k of Wide
+        ResNets (Zagoruyko & Komodakis 2016); with k > 1 the first stage opens with a
+        transition from ``width`` to k·``width`` channels (``wide_resnet``).
+    output: ``"linear"`` (x + h·F(x)) or ``"relu"`` (x + h·ReLU(F(x)), the state never
+        decreases; ``odenet.fields``).
     weights: ``"per_step"`` (a discrete ResNet), ``"shared"`` (one field per stage, an
         autonomous ODE) or ``"interpolated"`` (continuous in depth).
     norm: ``"auto"`` (default) is batch norm in a discrete ResNet and GroupNorm when the
@@ -127,7 +144,7 @@ def cifar_resnet(
     check_block(block, method, shortcut)
     n = blocks_per_stage(depth, block)
     h = check_step_size(step_size)
-    check_positive(num_classes=num_classes, in_channels=in_channels, width=width)
+    check_positive(num_classes=num_classes, in_channels=in_channels, width=width, widen=widen)
 
     inner = resolve_norm(norm, adaptive=method.adaptive, autonomous=weights == "shared")
     outer = "batch" if inner == "frozen_batch" else inner  # stem, transitions, head
@@ -136,7 +153,7 @@ def cifar_resnet(
     post = block == "basic"
 
     def field(cin: int, cout: int, stride: int = 1, norm: str = inner) -> nn.Module:
-        return field_cls(cin, cout, stride=stride, norm=norm, time=time)
+        return field_cls(cin, cout, stride=stride, norm=norm, time=time, output=output)
 
     def projection() -> nn.Module | None:
         return nn.ReLU() if post else None
@@ -148,7 +165,7 @@ def cifar_resnet(
     body: list[nn.Module] = []
     channels = width
     for stage in range(3):
-        out = width * 2**stage * expansion
+        out = width * widen * 2**stage * expansion
         stride = 1 if stage == 0 else 2
         steps = n
         if channels != out or stride != 1:
@@ -185,3 +202,35 @@ def cifar_resnet(
         head += [make_norm(outer, channels), nn.ReLU()]
     head += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)]
     return ResidualNetwork(nn.Sequential(*stem), nn.Sequential(*body), nn.Sequential(*head))
+
+
+def wide_resnet(
+    depth: int = 28,
+    widen: int = 10,
+    num_classes: int = 10,
+    solver: str | ButcherTableau | Method = "euler",
+    step_size: float = 1.0,
+    residual: bool = True,
+    in_channels: int = 3,
+    **options: Any,
+) -> ResidualNetwork:
+    """WRN-``depth``-``widen`` of Zagoruyko & Komodakis (2016), "Wide Residual Networks".
+
+    depth = 6n+4 in the paper's count (n pre-activation basic blocks per stage; the 4
+    counts the stem convolution, the classifier and the two strided projections): 16,
+    22, 28, 40, … The stem has 16 channels, the stages 16k, 32k, 64k, and every stage
+    opens with a 1×1 projection shortcut on the activated input (option B), as in the
+    authors' code; dropout between the convolutions (their optional variant) is left
+    out. The same network as ``cifar_resnet(depth − 2, block="preact", shortcut="B",
+    width=16, widen=k)``, whose depth counts layers as He et al. do. WRN-28-10 has
+    36,479,194 parameters on CIFAR-10 (the paper's Table 1 says 36.5M); ``options`` go
+    to ``cifar_resnet`` (weights, norm, output, …).
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
+        near = max(10, depth - (depth - 4) % 6) if isinstance(depth, int) and depth >= 10 else 10
+        raise ConfigError(
+            "{depth} is not 6n+4 (n ≥ 1), the depth of a Wide ResNet; try " + f"{near} or {near + 6}", depth=depth
+        )
+    return cifar_resnet(
+        depth - 2, solver, "preact", residual, step_size, "B", num_classes, in_channels, 16, widen=widen, **options
+    )

@@ -33,13 +33,15 @@ def mlp_resnet(
     rtol: float = 1e-3,
     atol: float = 1e-4,
     adjoint: bool = False,
+    output: str = "linear",
 ) -> ResidualNetwork:
     """Linear lift to ``width`` features → ``depth`` steps of an MLP field → linear classifier.
 
     depth: the number of residual blocks (solver steps).
     norm: ``"auto"`` (default) is no normalisation; ``"batch"``, ``"frozen_batch"``,
-        ``"group"`` put one before the first linear map (``odenet.norms``). x: (batch, in_features) →
-    logits (batch, num_classes).
+        ``"group"`` put one before the first linear map (``odenet.norms``).
+    output: ``"linear"`` (x + h·F(x)) or ``"relu"`` (x + h·ReLU(F(x)); ``odenet.fields``).
+    x: (batch, in_features) → logits (batch, num_classes).
     """
     check_positive(in_features=in_features, num_classes=num_classes, depth=depth, width=width)
     h = check_step_size(step_size)
@@ -47,7 +49,7 @@ def mlp_resnet(
     norm = resolve_norm(norm, adaptive=method.adaptive, autonomous=weights == "shared", default="none")
 
     def make() -> nn.Module:
-        return MLPField(width, hidden, activation=activation, norm=norm, time=time)  # type: ignore[arg-type]
+        return MLPField(width, hidden, activation=activation, norm=norm, time=time, output=output)  # type: ignore[arg-type]
 
     block = ODEBlock(
         depth_field(make, depth, depth * h, weights),
