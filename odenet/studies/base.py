@@ -50,7 +50,7 @@ from odenet.studies.schema import COORDS, OUTCOME, OUTCOMES
 from odenet.studies.store import Layout
 from odenet.train import HISTORY, History, TrainConfig, torch_threads, train
 
-__all__ = ["KINDS", "Cell", "Study", "Values", "run_cell", "train_cell"]
+__all__ = ["KINDS", "Cell", "Study", "Values", "last_recorded", "run_cell", "train_cell"]
 
 Values = Mapping[str, Any]
 
@@ -175,7 +175,7 @@ class Study:
         for cell in self.cells():
             try:
                 cell.model.check_data(kind)
-                key = (cell.model.depth, cell.model.width, cell.model.block)
+                key = (cell.model.depth, cell.model.width, cell.model.widen, cell.model.block)
                 if key not in fits:
                     check_fits(cell.model, kind)
                     fits.add(key)
@@ -225,6 +225,13 @@ class Study:
     def measure(self, model: nn.Module, data: TensorData, cell: Cell) -> Values:
         """Compute one cell: train ``model`` (built from ``cell.model``) and measure it."""
         raise NotImplementedError
+
+    def summarise(self, ds: xr.Dataset) -> xr.Dataset:
+        """The finished dataset with what the kind derives from all its cells (a fit, a
+        test across cells), written with the result. By default nothing is added. A
+        variable added here must not share a name with a cell variable; it is derived
+        again, never resumed from, when a study is continued."""
+        return ds
 
     # -- helpers for kinds -------------------------------------------------------------
     def to_json(self) -> str:
@@ -386,3 +393,15 @@ def train_cell(model: nn.Module, data: TensorData, cell: Cell) -> tuple[dict[str
         "train_time": seconds,
     }
     return values, history
+
+
+def last_recorded(da: xr.DataArray, dim: str) -> xr.DataArray:
+    """The last finite value along ``dim`` (NaN where there is none): a history that
+    stopped early, or a NaN-padded one, ends at its last recorded epoch."""
+    values = da.transpose(..., dim).values
+    finite = np.isfinite(values)
+    last = values.shape[-1] - 1 - np.argmax(finite[..., ::-1], axis=-1)
+    out = np.take_along_axis(values, last[..., None], axis=-1)[..., 0]
+    out = np.where(finite.any(axis=-1), out, np.nan)
+    dims = [d for d in da.transpose(..., dim).dims if d != dim]
+    return xr.DataArray(out, dims=dims, coords={d: da[d] for d in dims if d in da.coords})

@@ -130,7 +130,7 @@ def run_study(
                     on_cell(cell, result)
         finally:
             bar.close()
-        report.dataset = store.finalize(keep_store=bool(report.failures))
+        report.dataset = store.finalize(keep_store=bool(report.failures), summarise=study.summarise)
     report.seconds = time.perf_counter() - start
     return report
 

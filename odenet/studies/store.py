@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,7 +174,11 @@ class StudyStore:
                     out=NAME_ONLY,
                 ) from None
             self._check_config(old.attrs, attrs, ignore)
-            old = self._with_checksums(old)
+            cell_variables = {v.name for v in self.layout.variables} | {"done"}
+            derived = [name for name in old.data_vars if name not in cell_variables]
+            old = old.drop_vars(derived)  # derived again by ``finalize``
+            used = {d for name in old.data_vars for d in old[name].dims}
+            old = self._with_checksums(old.drop_dims([d for d in old.dims if d not in used]))
             old.to_zarr(self.zarr, mode="w-", encoding=self._encoding(old), zarr_format=ZARR_FORMAT)
         else:
             template = self.layout.template(attrs)
@@ -323,7 +327,9 @@ class StudyStore:
         self._mark(index, 1)
 
     # -- the result --------------------------------------------------------------------
-    def finalize(self, keep_store: bool = False) -> xr.Dataset:
+    def finalize(
+        self, keep_store: bool = False, summarise: Callable[[xr.Dataset], xr.Dataset] | None = None
+    ) -> xr.Dataset:
         """Write the netCDF result (h5netcdf) and, unless ``keep_store``, remove the Zarr store.
 
         Every finished cell is verified first: a damaged one is refused (``StoreError``
@@ -342,6 +348,8 @@ class StudyStore:
             )
         with self._open() as ds:
             result = ds.drop_vars([CHECKSUM, CHECKSUM_DIM], errors="ignore").load()
+        if summarise is not None:  # what the kind derives from all cells (``Study.summarise``)
+            result = summarise(result)
         # atomic, interrupts held back: neither a reader nor Ctrl-C sees half a file
         write_atomically(self.path, lambda tmp: result.to_netcdf(tmp, engine="h5netcdf"))
         if not keep_store:

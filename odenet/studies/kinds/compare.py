@@ -25,7 +25,7 @@ from odenet.experiment import ModelConfig
 from odenet.knobs import check_finite, knob
 from odenet.labels import Variable
 from odenet.memory import cuda_peak, saved_activation_peak
-from odenet.studies.base import Cell, Study, Values, check_axis, train_cell
+from odenet.studies.base import Cell, Study, Values, check_axis, last_recorded, train_cell
 from odenet.train import TrainConfig, resolve_device
 
 __all__ = ["CompareStudy", "Variant", "chosen_lr"]
@@ -119,20 +119,8 @@ def chosen_lr(ds: xr.Dataset) -> xr.DataArray:
     on the test set. A rate whose runs diverged in any seed is not chosen while another
     completed in all. ds: a compare result (dims model, learning_rate, seed). Returns the rate over model.
     """
-    final = _last_recorded(ds["train_loss"], "epoch")
+    final = last_recorded(ds["train_loss"], "epoch")
     failed = ds["diverged"].astype(bool).any("seed")
     score = final.mean("seed").where(~failed).fillna(np.inf)
     best = score.argmin("learning_rate")
     return ds["learning_rate"].isel(learning_rate=best).drop_vars("learning_rate").rename("chosen_lr")
-
-
-def _last_recorded(da: xr.DataArray, dim: str) -> xr.DataArray:
-    """The last finite value along ``dim`` (NaN where there is none): a history that
-    stopped early, or a NaN-padded one, ends at its last recorded epoch."""
-    values = da.transpose(..., dim).values
-    finite = np.isfinite(values)
-    last = values.shape[-1] - 1 - np.argmax(finite[..., ::-1], axis=-1)
-    out = np.take_along_axis(values, last[..., None], axis=-1)[..., 0]
-    out = np.where(finite.any(axis=-1), out, np.nan)
-    dims = [d for d in da.transpose(..., dim).dims if d != dim]
-    return xr.DataArray(out, dims=dims, coords={d: da[d] for d in dims if d in da.coords})
