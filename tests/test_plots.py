@@ -27,7 +27,7 @@ from odenet_cli.plot import plot
 # Every coordinate any built-in kind has: long_name and units, from the kinds themselves.
 COORDS = {
     name: attrs
-    for kind in ("depth", "stability", "convergence", "compare")
+    for kind in ("depth", "stability", "convergence", "compare", "width", "shattered", "lesion", "landscape")
     for name, attrs in coordinates(kind).items()
 }
 
@@ -39,6 +39,9 @@ EXPECTED = {
     "stability": STABILITY,
     "convergence": {"convergence-error", "convergence-accuracy"},
     "compare": {"compare-summary", "compare-learning-rate"},
+    "width": {"width-accuracy", "width-fit"},
+    "shattered": {"shattered-curves", "shattered-acf", "shattered-lag1", "shattered-slope"},
+    "lesion": {"lesion-single", "lesion-random", "lesion-paths"},
 }
 # The layouts the studies write: norm and shortcut are cell dimensions of one value unless varied.
 CELLS = {
@@ -53,6 +56,9 @@ CELLS = {
     },
     "convergence": {"train_solver": ["euler", "midpoint"], "step_size": [1.0], "depth": [8], "seed": [0, 1]},
     "compare": {"model": ["resnet", "rknet", "odenet"], "learning_rate": [0.03, 0.1], "seed": [0, 1]},
+    "width": {"depth": [8, 14], "widen": [1, 2], "learning_rate": [0.03, 0.3], "seed": [0, 1, 2]},
+    "shattered": {"solver": ["euler"], "depth": [8, 20], "arch": ["residual", "plain"], "seed": [0, 1]},
+    "lesion": {"solver": ["euler", "rk4"], "depth": [8, 20], "arch": ["residual", "plain"], "seed": [0, 1]},
 }
 ACCURACY_UP_TO = 8.0  # eval accuracies are NaN above it, as the study stores them
 INNER = {
@@ -64,6 +70,11 @@ INNER = {
     "eval_solver": EVAL_SOLVERS,
     "refinement": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0],
     "stage": [0, 1],
+    "line": [0, 1],
+    "s": list(np.linspace(0.0, 1.0, 16)),
+    "lag": [0, 1, 2, 3],
+    "deleted": [0, 1, 2],
+    "path_length": [0, 1, 2, 3],
 }
 
 
@@ -150,6 +161,7 @@ def _plotted(fig: Figure) -> np.ndarray:
     """Every finite number a figure draws as data (line and scatter coordinates)."""
     values = [np.ravel(np.asarray(line.get_xydata(), dtype=float)) for ax in fig.axes for line in ax.lines]
     values += [np.ravel(c.get_offsets()) for ax in fig.axes for c in ax.collections if isinstance(c, PathCollection)]
+    values += [np.ravel(np.ma.filled(image.get_array(), np.nan)) for ax in fig.axes for image in ax.images]
     data = np.concatenate(values)
     return data[np.isfinite(data)]
 

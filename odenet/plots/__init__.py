@@ -17,6 +17,9 @@ stability    stability-regions, stability-accuracy, stability-max-R,
              stability-discretisation; stability-controls (norm or shortcut varied)
 convergence  convergence-error, convergence-accuracy
 compare      compare-summary; compare-learning-rate (several learning rates)
+lesion       lesion-single, lesion-random; lesion-paths (Euler residual cells)
+width        width-accuracy (depth × width plane per lr), width-fit (regression)
+shattered    shattered-curves, shattered-acf, shattered-lag1, shattered-slope
 (any other)  <kind>-final, <kind>-history (generic: from the dataset's labels)
 ===========  =====================================================================
 
@@ -43,8 +46,11 @@ from odenet.plots.compare import compare_figures
 from odenet.plots.convergence import convergence_figures
 from odenet.plots.depth import depth_figures
 from odenet.plots.generic import generic_figures
+from odenet.plots.lesion import lesion_figures
 from odenet.plots.registry import FIGURES, FigureFunction, figures_for, unregister
+from odenet.plots.shattered import shattered_figures
 from odenet.plots.stability import stability_figures
+from odenet.plots.width import width_figures
 
 __all__ = [
     "FIGURES",
@@ -57,12 +63,15 @@ __all__ = [
     "figures_for",
     "generic_figures",
     "label",
+    "lesion_figures",
     "open_result",
     "plot_study",
     "seed_stats",
+    "shattered_figures",
     "stability_figures",
     "study_figures",
     "unregister",
+    "width_figures",
 ]
 
 # A kind becomes part of file names (<kind>-<what>.png), so it must be a plain name: no

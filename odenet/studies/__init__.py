@@ -20,6 +20,7 @@ for _module in pkgutil.iter_modules(_kinds.__path__):
 from odenet.studies.kinds.compare import CompareStudy, Variant  # noqa: E402
 from odenet.studies.kinds.convergence import ConvergenceStudy, fit_order  # noqa: E402
 from odenet.studies.kinds.depth import DepthStudy  # noqa: E402
+from odenet.studies.kinds.shattered import ShatteredStudy  # noqa: E402
 from odenet.studies.kinds.stability import ProbeConfig, StabilityStudy  # noqa: E402
 from odenet.studies.runner import Execution, StudyReport, run_study  # noqa: E402
 from odenet.studies.specfile import SpecFile, load_study  # noqa: E402
@@ -33,6 +34,7 @@ __all__ = [
     "DepthStudy",
     "Execution",
     "ProbeConfig",
+    "ShatteredStudy",
     "SpecFile",
     "StabilityStudy",
     "StoreError",
