@@ -42,6 +42,7 @@ EXPECTED = {
     "width": {"width-accuracy", "width-fit"},
     "shattered": {"shattered-curves", "shattered-acf", "shattered-lag1", "shattered-slope"},
     "lesion": {"lesion-single", "lesion-random", "lesion-paths"},
+    "landscape": {"landscape-contours", "landscape-slices", "landscape-nonconvexity"},
 }
 # The layouts the studies write: norm and shortcut are cell dimensions of one value unless varied.
 CELLS = {
@@ -59,6 +60,7 @@ CELLS = {
     "width": {"depth": [8, 14], "widen": [1, 2], "learning_rate": [0.03, 0.3], "seed": [0, 1, 2]},
     "shattered": {"solver": ["euler"], "depth": [8, 20], "arch": ["residual", "plain"], "seed": [0, 1]},
     "lesion": {"solver": ["euler", "rk4"], "depth": [8, 20], "arch": ["residual", "plain"], "seed": [0, 1]},
+    "landscape": {"solver": ["euler"], "depth": [8, 20], "arch": ["residual", "plain"], "seed": [0, 1]},
 }
 ACCURACY_UP_TO = 8.0  # eval accuracies are NaN above it, as the study stores them
 INNER = {
@@ -75,6 +77,9 @@ INNER = {
     "lag": [0, 1, 2, 3],
     "deleted": [0, 1, 2],
     "path_length": [0, 1, 2, 3],
+    "alpha_1d": list(np.linspace(-1.0, 1.0, 9)),
+    "alpha": list(np.linspace(-1.0, 1.0, 5)),
+    "beta": list(np.linspace(-1.0, 1.0, 5)),
 }
 
 

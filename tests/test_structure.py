@@ -132,7 +132,7 @@ LAYERS = {
     "blocks": 4,
     "models": 5,
     "train": 6,
-    "experiment": 7, "probes": 7, "memory": 7, "lesions": 7, "shattered": 7,
+    "experiment": 7, "probes": 7, "memory": 7, "landscape": 7, "lesions": 7, "shattered": 7,
     "studies": 8,
     "plots": 9,
 }  # fmt: skip

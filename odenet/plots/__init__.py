@@ -17,6 +17,7 @@ stability    stability-regions, stability-accuracy, stability-max-R,
              stability-discretisation; stability-controls (norm or shortcut varied)
 convergence  convergence-error, convergence-accuracy
 compare      compare-summary; compare-learning-rate (several learning rates)
+landscape    landscape-contours, landscape-slices, landscape-nonconvexity
 lesion       lesion-single, lesion-random; lesion-paths (Euler residual cells)
 width        width-accuracy (depth × width plane per lr), width-fit (regression)
 shattered    shattered-curves, shattered-acf, shattered-lag1, shattered-slope
@@ -46,6 +47,7 @@ from odenet.plots.compare import compare_figures
 from odenet.plots.convergence import convergence_figures
 from odenet.plots.depth import depth_figures
 from odenet.plots.generic import generic_figures
+from odenet.plots.landscape import landscape_figures
 from odenet.plots.lesion import lesion_figures
 from odenet.plots.registry import FIGURES, FigureFunction, figures_for, unregister
 from odenet.plots.shattered import shattered_figures
@@ -63,6 +65,7 @@ __all__ = [
     "figures_for",
     "generic_figures",
     "label",
+    "landscape_figures",
     "lesion_figures",
     "open_result",
     "plot_study",
