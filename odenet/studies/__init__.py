@@ -20,8 +20,11 @@ for _module in pkgutil.iter_modules(_kinds.__path__):
 from odenet.studies.kinds.compare import CompareStudy, Variant  # noqa: E402
 from odenet.studies.kinds.convergence import ConvergenceStudy, fit_order  # noqa: E402
 from odenet.studies.kinds.depth import DepthStudy  # noqa: E402
+from odenet.studies.kinds.landscape import LandscapeStudy  # noqa: E402
+from odenet.studies.kinds.lesion import LesionStudy  # noqa: E402
 from odenet.studies.kinds.shattered import ShatteredStudy  # noqa: E402
 from odenet.studies.kinds.stability import ProbeConfig, StabilityStudy  # noqa: E402
+from odenet.studies.kinds.width import WidthStudy  # noqa: E402
 from odenet.studies.runner import Execution, StudyReport, run_study  # noqa: E402
 from odenet.studies.specfile import SpecFile, load_study  # noqa: E402
 from odenet.studies.store import StoreError  # noqa: E402
@@ -33,6 +36,8 @@ __all__ = [
     "ConvergenceStudy",
     "DepthStudy",
     "Execution",
+    "LandscapeStudy",
+    "LesionStudy",
     "ProbeConfig",
     "ShatteredStudy",
     "SpecFile",
@@ -41,6 +46,7 @@ __all__ = [
     "Study",
     "StudyReport",
     "Variant",
+    "WidthStudy",
     "fit_order",
     "load_study",
     "run_cell",
