@@ -209,6 +209,84 @@ def depth(name: str) -> None:
             print(f"  {solver} depth {int(d)}: " + "; ".join(row))
 
 
+def shattered(name: str) -> None:
+    ds = open_result(name)
+    if ds is None:
+        return
+    print("lag-1 autocorrelation | spectral slope of the input-gradient curves (mean over lines, then ± sd over seeds)")
+    for when in ds.when.values:
+        for d in ds.depth.values:
+            row = []
+            for arch in ds.arch.values:
+                cell = ds.sel(solver=ds.solver.values[0], depth=d, arch=arch, when=when)
+                row.append(f"{arch} {mean_sd(cell.grad_lag1.mean('line'), 1, 2)} | "
+                           f"{mean_sd(cell.grad_spectral_slope.mean('line'), 1, 2)}")  # fmt: skip
+            print(f"  {when} depth {int(d)}: " + "; ".join(row))
+    print("final test accuracy, %")
+    for d in ds.depth.values:
+        row = [f"{a} {mean_sd(ds.final_test_accuracy.sel(depth=d, arch=a).isel(solver=0), 100, 2)}" for a in ds.arch.values]
+        print(f"  depth {int(d)}: " + "; ".join(row))
+
+
+def lesions(name: str) -> None:
+    ds = open_result(name)
+    if ds is None:
+        return
+    print("accuracy, % (± sd over seeds): intact | mean over single-step deletions | worst single step | "
+          "k = 5 random steps deleted")
+    for solver in ds.solver.values:
+        for d in ds.depth.values:
+            for arch in ds.arch.values:
+                cell = ds.sel(solver=solver, depth=d, arch=arch)
+                steps = cell.lesion_accuracy.where(cell.is_transition == 0)
+                k5 = cell.random_lesion_accuracy.sel(deleted=5) if 5 in ds.deleted.values else np.nan
+                print(f"  {solver} {int(d)} {arch}: {mean_sd(cell.intact_accuracy, 100, 1)} | "
+                      f"{mean_sd(steps.mean('block'), 100, 1)} | {mean_sd(steps.min('block'), 100, 1)} | "
+                      f"{mean_sd(k5, 100, 1)}")  # fmt: skip
+    trans = ds.transition_lesion_accuracy.where(ds.is_transition == 1)
+    print("transition deleted (shortcut kept), residual nets, mean over transitions:")
+    for solver in ds.solver.values:
+        for d in ds.depth.values:
+            t = trans.sel(solver=solver, depth=d, arch="residual").mean("block")
+            print(f"  {solver} {int(d)}: {mean_sd(t, 100, 1)}")
+
+
+def landscape(name: str) -> None:
+    ds = open_result(name)
+    if ds is None:
+        return
+    print("negative-curvature fraction of the 2-D slice | |λmin/λmax| of the Hessian at the centre | "
+          "centre loss | test accuracy %")
+    for solver in ds.solver.values:
+        for d in ds.depth.values:
+            for arch in ds.arch.values:
+                cell = ds.sel(solver=solver, depth=d, arch=arch)
+                print(f"  {solver} {int(d)} {arch}: {mean_sd(cell.negative_curvature_fraction, 1, 2)} | "
+                      f"{mean_sd(cell.hessian_ratio, 1, 3)} | {mean_sd(cell.centre_loss, 1, 3)} | "
+                      f"{mean_sd(cell.final_test_accuracy, 100, 1)}")  # fmt: skip
+
+
+def width(name: str) -> None:
+    ds = open_result(name)
+    if ds is None:
+        return
+    print("test accuracy, % (± sd over seeds), per depth × widen, at each learning rate; parameters")
+    for lr in ds.learning_rate.values:
+        for d in ds.depth.values:
+            row = []
+            for k in ds.widen.values:
+                cell = ds.sel(learning_rate=lr, depth=d, widen=k)
+                row.append(f"k={int(k)} {mean_sd(cell.final_test_accuracy, 100, 2)} "
+                           f"[{int(cell.parameters.max()):,}]")  # fmt: skip
+            print(f"  lr {lr:g} depth {int(d)}: " + "; ".join(row))
+    for response in ds.response.values:
+        fit = ds.sel(response=response)
+        print(f"fit of {response}: R² {float(fit.fit_r2):.3f}, n {int(fit.fit_n)}")
+        for term in ds.term.values:
+            c, e = float(fit.fit_coef.sel(term=term)), float(fit.fit_se.sel(term=term))
+            print(f"  {term}: {c:+.4f} ± {e:.4f} (t = {c / e:+.1f})")
+
+
 STUDIES = {
     "step-size-stability": stability,
     "step-size-controls": controls,
@@ -216,6 +294,10 @@ STUDIES = {
     "bn-recalibration": convergence,
     "resnet-vs-odenet": compare,
     "degradation": depth,
+    "shattered-gradients": shattered,
+    "lesions": lesions,
+    "loss-landscape": landscape,
+    "width": width,
 }
 
 if __name__ == "__main__":
