@@ -224,7 +224,8 @@ def shattered(name: str) -> None:
             print(f"  {when} depth {int(d)}: " + "; ".join(row))
     print("final test accuracy, %")
     for d in ds.depth.values:
-        row = [f"{a} {mean_sd(ds.final_test_accuracy.sel(depth=d, arch=a).isel(solver=0), 100, 2)}" for a in ds.arch.values]
+        acc = ds.final_test_accuracy.sel(depth=d).isel(solver=0)
+        row = [f"{a} {mean_sd(acc.sel(arch=a), 100, 2)}" for a in ds.arch.values]
         print(f"  depth {int(d)}: " + "; ".join(row))
 
 
