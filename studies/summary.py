@@ -233,8 +233,10 @@ def lesions(name: str) -> None:
     ds = open_result(name)
     if ds is None:
         return
-    print("accuracy, % (± sd over seeds): intact | mean over single-step deletions | worst single step | "
-          "k = 5 random steps deleted")
+    print(
+        "accuracy, % (± sd over seeds): intact | mean over single-step deletions | worst single step | "
+        "k = 5 random steps deleted"
+    )
     for solver in ds.solver.values:
         for d in ds.depth.values:
             for arch in ds.arch.values:
@@ -256,8 +258,10 @@ def landscape(name: str) -> None:
     ds = open_result(name)
     if ds is None:
         return
-    print("negative-curvature fraction of the 2-D slice | |λmin/λmax| of the Hessian at the centre | "
-          "centre loss | test accuracy %")
+    print(
+        "negative-curvature fraction of the 2-D slice | |λmin/λmax| of the Hessian at the centre | "
+        "centre loss | test accuracy %"
+    )
     for solver in ds.solver.values:
         for d in ds.depth.values:
             for arch in ds.arch.values:
