@@ -26,7 +26,7 @@ from odenet.studies.base import (
 )
 from odenet.train import TrainConfig, resolve_device
 
-__all__ = ["ARCHS", "DepthStudy", "gradient_batch"]
+__all__ = ["ARCHS", "ArchGrid", "DepthStudy", "gradient_batch"]
 
 ARCHS = ("residual", "plain")
 
@@ -37,7 +37,39 @@ def gradient_batch(data: TensorData, samples: int, device: Any) -> tuple[Any, An
 
 
 @dataclass(frozen=True)
-class DepthStudy(Study):
+class ArchGrid(Study):
+    """The grid of kinds that set a residual net against its plain twin: solvers × depths ×
+    arch (residual / plain) × seeds. Not a kind itself; ``fixed_steps`` kinds refuse
+    adaptive solvers (they need the steps of a solve)."""
+
+    coords: ClassVar[Mapping[str, tuple[str, str]]] = {
+        "arch": ("architecture (residual: skip connections; plain: none)", ""),
+    }
+    sets: ClassVar[tuple[str, ...]] = ("solver", "depth", "residual")
+    fixed_steps: ClassVar[bool] = False
+
+    solvers: tuple[str, ...] = knob(("euler",), "Solvers, e.g. euler,rk4.")
+    depths: tuple[int, ...] = knob((20, 32, 56, 110), "Depths (6n+2 for conv nets, blocks for MLPs).")
+    archs: tuple[str, ...] = knob(ARCHS, "residual and/or plain.")
+
+    def check(self) -> None:
+        check_solvers("solvers", self.solvers, fixed_only=self.fixed_steps)
+        check_axis("depths", self.depths)
+        check_axis("archs", self.archs)
+        for a in self.archs:
+            if a not in ARCHS:
+                raise ConfigError("{archs}: " + repr(a) + " is not residual or plain", archs=NAME_ONLY)
+
+    def axes(self) -> dict[str, Sequence[Any]]:
+        return {"solver": self.solvers, "depth": self.depths, "arch": self.archs, "seed": self.seeds}
+
+    def cell_configs(self, point: Mapping[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+        model = replace(self.model, solver=point["solver"], depth=point["depth"], residual=point["arch"] == "residual")
+        return model, replace(self.train, seed=point["seed"])
+
+
+@dataclass(frozen=True)
+class DepthStudy(ArchGrid):
     """Accuracy versus depth: solvers × depths × arch (residual / plain) × seeds.
 
     Per cell: the training history and outcome, and the gradient norms of every block
@@ -46,31 +78,12 @@ class DepthStudy(Study):
 
     kind: ClassVar[str] = "depth"
     variables: ClassVar[tuple[Variable, ...]] = over("when", GRADIENTS)
-    coords: ClassVar[Mapping[str, tuple[str, str]]] = {
-        "arch": ("architecture (residual: skip connections; plain: none)", ""),
-    }
-    sets: ClassVar[tuple[str, ...]] = ("solver", "depth", "residual")
 
-    solvers: tuple[str, ...] = knob(("euler",), "Solvers, e.g. euler,rk4.")
-    depths: tuple[int, ...] = knob((20, 32, 56, 110), "Depths (6n+2 for conv nets, blocks for MLPs).")
-    archs: tuple[str, ...] = knob(ARCHS, "residual and/or plain.")
     grad_samples: int = knob(256, "Training examples whose loss gradient is measured per block.")
 
     def check(self) -> None:
-        check_solvers("solvers", self.solvers)
-        check_axis("depths", self.depths)
-        check_axis("archs", self.archs)
-        for a in self.archs:
-            if a not in ARCHS:
-                raise ConfigError("{archs}: " + repr(a) + " is not residual or plain", archs=NAME_ONLY)
+        super().check()
         check_count("grad_samples", self.grad_samples)
-
-    def axes(self) -> dict[str, Sequence[Any]]:
-        return {"solver": self.solvers, "depth": self.depths, "arch": self.archs, "seed": self.seeds}
-
-    def cell_configs(self, point: Mapping[str, Any]) -> tuple[ModelConfig, TrainConfig]:
-        model = replace(self.model, solver=point["solver"], depth=point["depth"], residual=point["arch"] == "residual")
-        return model, replace(self.train, seed=point["seed"])
 
     def inner(self) -> dict[str, Sequence[Any]]:
         return inner_blocks(self.train.epochs, max(self.blocks(d) for d in self.depths))

@@ -25,7 +25,7 @@ code); ``odenet.landscape`` says why the first is the default.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -35,8 +35,6 @@ from torch import nn
 
 from odenet.blocks import ode_blocks
 from odenet.data import TensorData
-from odenet.errors import NAME_ONLY, ConfigError
-from odenet.experiment import ModelConfig
 from odenet.knobs import check_choice, check_count, check_finite, knob
 from odenet.labels import Variable
 from odenet.landscape import (
@@ -47,9 +45,9 @@ from odenet.landscape import (
     loss_surface,
     slice_curvature,
 )
-from odenet.studies.base import Cell, Study, Values, check_axis, check_solvers, train_cell
-from odenet.studies.kinds.depth import ARCHS, gradient_batch
-from odenet.train import TrainConfig, resolve_device
+from odenet.studies.base import Cell, Values, train_cell
+from odenet.studies.kinds.depth import ArchGrid, gradient_batch
+from odenet.train import resolve_device
 
 __all__ = ["LANDSCAPE", "LandscapeStudy"]
 
@@ -85,7 +83,7 @@ LANDSCAPE: tuple[Variable, ...] = (
 
 
 @dataclass(frozen=True)
-class LandscapeStudy(Study):
+class LandscapeStudy(ArchGrid):
     """Loss landscapes: solvers × depths × arch (residual / plain) × seeds, filter-normalised slices.
 
     Per cell: the training history and outcome; 1-D and 2-D slices of the loss around
@@ -96,18 +94,15 @@ class LandscapeStudy(Study):
     kind: ClassVar[str] = "landscape"
     variables: ClassVar[tuple[Variable, ...]] = LANDSCAPE
     coords: ClassVar[Mapping[str, tuple[str, str]]] = {
-        "arch": ("architecture (residual: skip connections; plain: none)", ""),
+        **ArchGrid.coords,
         "alpha_1d": ("step alpha along the filter-normalised direction delta (1-D slice)", "1"),
         "alpha": ("step alpha along the filter-normalised direction delta", "1"),
         "beta": ("step beta along the filter-normalised direction eta", "1"),
     }
-    sets: ClassVar[tuple[str, ...]] = ("solver", "depth", "residual")
     # How the grid is cut into vmapped calls changes the speed, not what a cell means.
     incidental: ClassVar[tuple[str, ...]] = ("data_dir", "chunk")
 
-    solvers: tuple[str, ...] = knob(("euler",), "Solvers, e.g. euler,rk4.")
     depths: tuple[int, ...] = knob((8, 20, 32), "Depths (6n+2 for conv nets, blocks for MLPs).")
-    archs: tuple[str, ...] = knob(ARCHS, "residual and/or plain.")
     samples: int = knob(512, "Training examples the loss is evaluated on: one fixed batch, held on the device.")
     points_1d: int = knob(41, "Grid points of the 1-D slice, alpha in [-span, span].")
     points_2d: int = knob(21, "Grid points per axis of the 2-D slice (points_2d² evaluations); odd puts 0 on it.")
@@ -121,12 +116,7 @@ class LandscapeStudy(Study):
     hessian_steps: int = knob(20, "Lanczos steps for the extreme Hessian eigenvalues at the centre (0: skip).")
 
     def check(self) -> None:
-        check_solvers("solvers", self.solvers)
-        check_axis("depths", self.depths)
-        check_axis("archs", self.archs)
-        for a in self.archs:
-            if a not in ARCHS:
-                raise ConfigError("{archs}: " + repr(a) + " is not residual or plain", archs=NAME_ONLY)
+        super().check()
         check_count("samples", self.samples)
         check_count("points_1d", self.points_1d, minimum=2)
         check_count("points_2d", self.points_2d, minimum=3)  # a central difference needs an interior point
@@ -134,13 +124,6 @@ class LandscapeStudy(Study):
         check_count("chunk", self.chunk)
         check_choice("bn_statistics", self.bn_statistics, BATCH_NORM_MODES)
         check_count("hessian_steps", self.hessian_steps, minimum=0)
-
-    def axes(self) -> dict[str, Sequence[Any]]:
-        return {"solver": self.solvers, "depth": self.depths, "arch": self.archs, "seed": self.seeds}
-
-    def cell_configs(self, point: Mapping[str, Any]) -> tuple[ModelConfig, TrainConfig]:
-        model = replace(self.model, solver=point["solver"], depth=point["depth"], residual=point["arch"] == "residual")
-        return model, replace(self.train, seed=point["seed"])
 
     def inner(self) -> dict[str, Sequence[Any]]:
         return {

@@ -15,14 +15,13 @@ there); other cells store NaN for it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import nn
 
 from odenet.data import TensorData
 from odenet.errors import NAME_ONLY, ConfigError
-from odenet.experiment import ModelConfig
 from odenet.knobs import check_count, knob
 from odenet.labels import Variable
 from odenet.lesions import (
@@ -35,16 +34,16 @@ from odenet.lesions import (
     random_lesions,
     single_lesions,
 )
-from odenet.solvers import get_method
-from odenet.studies.base import Cell, Study, Values, check_axis, check_solvers, train_cell
-from odenet.studies.kinds.depth import ARCHS, gradient_batch
-from odenet.train import TrainConfig, resolve_device
+from odenet.solvers import METHODS, get_method
+from odenet.studies.base import Cell, Values, train_cell
+from odenet.studies.kinds.depth import ArchGrid, gradient_batch
+from odenet.train import resolve_device
 
 __all__ = ["LesionStudy"]
 
 
 @dataclass(frozen=True)
-class LesionStudy(Study):
+class LesionStudy(ArchGrid):
     """Lesions: solvers × depths × arch (residual / plain) × seeds, fixed-step solvers only.
 
     Per cell: the training history and outcome; after training, on the test set in eval
@@ -60,43 +59,31 @@ class LesionStudy(Study):
     kind: ClassVar[str] = "lesion"
     variables: ClassVar[tuple[Variable, ...]] = (INTACT, *SINGLE, *RANDOM, *PATHS)
     coords: ClassVar[Mapping[str, tuple[str, str]]] = {
-        "arch": ("architecture (residual: skip connections; plain: none)", ""),
+        **ArchGrid.coords,
         "deleted": ("number k of ODE steps deleted at random", "1"),
         "path_length": ("path length: residual branches a gradient path passes through", "1"),
     }
-    sets: ClassVar[tuple[str, ...]] = ("solver", "depth", "residual")
+
+    fixed_steps: ClassVar[bool] = True
 
     solvers: tuple[str, ...] = knob(("euler", "midpoint"), "Fixed-step solvers, e.g. euler,midpoint,rk4.")
     depths: tuple[int, ...] = knob((20, 32), "Depths (6n+2 for conv nets, blocks for MLPs).")
-    archs: tuple[str, ...] = knob(ARCHS, "residual and/or plain.")
     max_deleted: int = knob(10, "Largest number k of ODE steps deleted at random.")
     subsets: int = knob(10, "Random sets of k deleted steps per k (every set when there are fewer).")
     grad_samples: int = knob(256, "Training examples whose gradient is split by path length (Euler residual cells).")
 
     def check(self) -> None:
-        check_solvers("solvers", self.solvers)
         for name in self.solvers:
-            if get_method(name).adaptive:
+            if name in METHODS and get_method(name).adaptive:
                 raise ConfigError(
                     "{solvers}: " + name + " is adaptive: its solve has no steps to delete; lesions need "
                     "fixed-step solvers (euler, midpoint, rk4, …)",
                     solvers=NAME_ONLY,
                 )
-        check_axis("depths", self.depths)
-        check_axis("archs", self.archs)
-        for a in self.archs:
-            if a not in ARCHS:
-                raise ConfigError("{archs}: " + repr(a) + " is not residual or plain", archs=NAME_ONLY)
+        super().check()
         check_count("max_deleted", self.max_deleted, minimum=0)
         check_count("subsets", self.subsets)
         check_count("grad_samples", self.grad_samples)
-
-    def axes(self) -> dict[str, Sequence[Any]]:
-        return {"solver": self.solvers, "depth": self.depths, "arch": self.archs, "seed": self.seeds}
-
-    def cell_configs(self, point: Mapping[str, Any]) -> tuple[ModelConfig, TrainConfig]:
-        model = replace(self.model, solver=point["solver"], depth=point["depth"], residual=point["arch"] == "residual")
-        return model, replace(self.train, seed=point["seed"])
 
     def inner(self) -> dict[str, Sequence[Any]]:
         blocks = max(self.blocks(d) for d in self.depths)

@@ -29,21 +29,20 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 from odenet.data import TensorData
-from odenet.errors import NAME_ONLY, ConfigError, literal
-from odenet.experiment import ModelConfig
+from odenet.errors import ConfigError, literal
 from odenet.knobs import check_count, knob
 from odenet.labels import Variable, over
 from odenet.norms import CALIBRATION_SAMPLES, calibrate_batchnorm
 from odenet.shattered import SHATTERING, line_grid, missing_shattering, shattering
-from odenet.studies.base import Cell, Study, Values, check_axis, check_solvers, init_and_final, train_cell
-from odenet.studies.kinds.depth import ARCHS
-from odenet.train import TrainConfig, resolve_device
+from odenet.studies.base import Cell, Values, init_and_final, train_cell
+from odenet.studies.kinds.depth import ArchGrid
+from odenet.train import resolve_device
 
 __all__ = ["ShatteredStudy", "line_ends"]
 
@@ -60,7 +59,7 @@ def line_ends(data: TensorData, lines: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 @dataclass(frozen=True)
-class ShatteredStudy(Study):
+class ShatteredStudy(ArchGrid):
     """Shattered gradients: solvers × depths × arch (residual / plain) × seeds.
 
     Per cell: the training history and outcome; at initialisation (batch norm
@@ -74,27 +73,21 @@ class ShatteredStudy(Study):
         Variable("line_logit", ("line",), "class whose logit is differentiated along the line", "1", "int64"),
     )
     coords: ClassVar[Mapping[str, tuple[str, str]]] = {
-        "arch": ("architecture (residual: skip connections; plain: none)", ""),
+        **ArchGrid.coords,
         "line": ("line through input space (line j: training example 2j to 2j + 1)", "1"),
         "s": ("position along the line, x(s) = x0 + s (x1 - x0)", "1"),
         "lag": ("lag of the autocorrelation (grid points)", "1"),
     }
-    sets: ClassVar[tuple[str, ...]] = ("solver", "depth", "residual")
 
-    solvers: tuple[str, ...] = knob(("euler",), "Fixed-step solvers, e.g. euler,rk4.")
+    fixed_steps: ClassVar[bool] = True
+
     depths: tuple[int, ...] = knob((8, 14, 20, 32), "Depths (6n+2 for conv nets, blocks for MLPs).")
-    archs: tuple[str, ...] = knob(ARCHS, "residual and/or plain.")
     lines: int = knob(8, "Lines through input space (pairs of training examples) per cell.")
     points: int = knob(256, "Grid points along each line (Balduzzi et al. use 256).")
     max_lag: int = knob(32, "Largest lag of the stored autocorrelation.")
 
     def check(self) -> None:
-        check_solvers("solvers", self.solvers, fixed_only=True)
-        check_axis("depths", self.depths)
-        check_axis("archs", self.archs)
-        for a in self.archs:
-            if a not in ARCHS:
-                raise ConfigError("{archs}: " + repr(a) + " is not residual or plain", archs=NAME_ONLY)
+        super().check()
         check_count("lines", self.lines)
         check_count("points", self.points, 5)  # a spectral slope needs two frequencies
         check_count("max_lag", self.max_lag)
@@ -104,13 +97,6 @@ class ShatteredStudy(Study):
                 max_lag=self.max_lag,
                 points=self.points,
             )
-
-    def axes(self) -> dict[str, Sequence[Any]]:
-        return {"solver": self.solvers, "depth": self.depths, "arch": self.archs, "seed": self.seeds}
-
-    def cell_configs(self, point: Mapping[str, Any]) -> tuple[ModelConfig, TrainConfig]:
-        model = replace(self.model, solver=point["solver"], depth=point["depth"], residual=point["arch"] == "residual")
-        return model, replace(self.train, seed=point["seed"])
 
     def inner(self) -> dict[str, Sequence[Any]]:
         return {
