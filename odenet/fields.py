@@ -187,6 +187,14 @@ class BasicConvField(nn.Module):
         return torch.relu(out) if self.relu_output else out
 
 
+def _bottleneck_width(out_channels: int, expansion: int) -> int:
+    """The inner width of a bottleneck, ``out_channels // expansion``; at least 1."""
+    width = out_channels // expansion
+    if width < 1:
+        raise ValueError(f"a bottleneck needs out_channels ≥ {expansion}, got {out_channels}")
+    return width
+
+
 class BottleneckField(nn.Module):
     """Pre-activation bottleneck: BN–ReLU–conv1×1–BN–ReLU–conv3×3–BN–ReLU–conv1×1.
 
@@ -209,9 +217,7 @@ class BottleneckField(nn.Module):
         super().__init__()
         out_channels = out_channels or in_channels
         self.relu_output = _relu_output(output)
-        width = out_channels // self.expansion
-        if width < 1:
-            raise ValueError(f"a bottleneck needs out_channels ≥ {self.expansion}, got {out_channels}")
+        width = _bottleneck_width(out_channels, self.expansion)
         self.norm1 = make_norm(norm, in_channels)
         self.conv1 = ConcatConv2d(in_channels, width, 1, 1, 0, bias=bias, time=time)
         self.norm2 = make_norm(norm, width)
@@ -256,9 +262,7 @@ class PostActBottleneckField(nn.Module):
     ) -> None:
         super().__init__()
         out_channels = out_channels or in_channels
-        width = out_channels // self.expansion
-        if width < 1:
-            raise ValueError(f"a bottleneck needs out_channels ≥ {self.expansion}, got {out_channels}")
+        width = _bottleneck_width(out_channels, self.expansion)
         self.conv1 = ConcatConv2d(in_channels, width, 1, 1, 0, bias=bias, time=time)
         self.norm1 = make_norm(norm, width)
         self.conv2 = ConcatConv2d(width, width, 3, stride, 1, bias=bias, time=time)
