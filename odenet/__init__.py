@@ -8,7 +8,7 @@ parameter of the network, so the same model can be a ResNet, an RK-Net or an ODE
 from importlib.metadata import PackageNotFoundError, version
 
 from odenet import models
-from odenet.blocks import ODEBlock, SolverError, ode_blocks, total_nfe
+from odenet.blocks import MEMORY, ODEBlock, SolverError, ode_blocks, total_nfe
 from odenet.depth import StepwiseField, depth_field
 from odenet.fields import (
     BasicConvField,
@@ -29,6 +29,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "MEMORY",
     "METHODS",
     "BasicConvField",
     "BottleneckField",

@@ -20,22 +20,27 @@ Euler only.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from odenet.adaptive import Counts, SolverError, Tolerances, shape_error, solve
+from odenet.adjoint import solve_fixed_adjoint
 from odenet.depth import StepwiseField
 from odenet.errors import NAME_ONLY, ConfigError
 from odenet.solvers import Method, get_method
 from odenet.tableaus import ButcherTableau
 
 __all__ = [
+    "MEMORY",
+    "Memory",
     "ODEBlock",
     "SolverError",
     "check_solver_options",
@@ -43,8 +48,17 @@ __all__ = [
     "check_steps",
     "check_tolerances",
     "ode_blocks",
+    "resolve_memory",
     "total_nfe",
 ]
+
+Memory = Literal["backprop", "checkpoint", "adjoint"]
+# How a block pays for its gradient, defined once: backprop stores every step's
+# activations (memory ∝ N), checkpoint stores the input of about √N segments and
+# recomputes one segment at a time in the backward pass (∝ √N, the same gradient),
+# adjoint solves the adjoint ODE backwards (Chen et al. 2018): no stored activations,
+# but the gradient of the continuous problem, not of the discrete network.
+MEMORY: tuple[Memory, ...] = get_args(Memory)
 
 # Default bound on adaptive steps per forward pass: far more than a well-conditioned
 # block needs (dozens), few enough that a stiff field fails in seconds, not hours.
@@ -79,8 +93,42 @@ def check_tolerances(rtol: Any, atol: Any) -> None:
             raise ConfigError("{" + name + "} is not a tolerance: give a positive number such as 1e-3", **{name: tol})
 
 
-def check_solver_options(method: Method, *, residual: bool = True, adjoint: bool = False) -> None:
-    """What a solver admits: the plain twin needs fixed steps, the adjoint an adaptive solver."""
+def resolve_memory(memory: str | None = None, adjoint: bool = False) -> Memory:
+    """The memory mode of a block: ``memory`` itself, or ``"adjoint"`` when only ``adjoint=True`` is given.
+
+    ``adjoint=True`` is the older spelling of ``memory="adjoint"``; giving it with another
+    mode is a contradiction.
+    """
+    if memory is None:
+        return "adjoint" if adjoint else "backprop"
+    if memory not in MEMORY:
+        raise ConfigError(
+            "{memory} is not a memory mode; choose backprop (store every step), checkpoint (recompute "
+            "segments of steps, about sqrt(N) memory, exact gradients) or adjoint (the continuous adjoint)",
+            memory=memory,
+        )
+    if adjoint and memory != "adjoint":
+        raise ConfigError(
+            "adjoint=True asks for memory='adjoint' but {memory} was given: give one of the two", memory=memory
+        )
+    return memory  # type: ignore[return-value]
+
+
+def check_solver_options(
+    method: Method,
+    *,
+    residual: bool = True,
+    adjoint: bool = False,
+    memory: str | None = None,
+    projected: bool = False,
+) -> Memory:
+    """What a solver admits, and the memory mode it resolves to.
+
+    The plain twin needs fixed steps; checkpointing recomputes fixed steps; the adjoint
+    method solves an ODE backwards in time, so it needs a flow: not the plain twin, not a
+    step followed by a projection (the post-activation 'basic' block).
+    """
+    mode = resolve_memory(memory, adjoint)
     if method.adaptive and not residual:
         raise ConfigError(
             "{residual} (the plain twin) drops the identity from each step and is defined for "
@@ -88,13 +136,27 @@ def check_solver_options(method: Method, *, residual: bool = True, adjoint: bool
             residual=False,
             solver=method.name,
         )
-    if adjoint and not method.adaptive:
+    if mode == "checkpoint" and method.adaptive:
         raise ConfigError(
-            "{adjoint} needs an adaptive solver (dopri5, …); {solver} is fixed-step, and "
-            "backpropagation through its loop is exact and cheaper",
-            adjoint=True,
+            "{memory} recomputes segments of fixed steps; {solver} is adaptive: use memory='adjoint' "
+            "for memory that does not grow with the number of steps, or backprop",
+            memory=mode,
             solver=method.name,
         )
+    if mode == "adjoint" and not residual:
+        raise ConfigError(
+            "{memory} solves the ODE backwards in time; the plain twin (residual=False) is not an ODE "
+            "flow: use memory='checkpoint' to save memory with exact gradients",
+            memory=mode,
+        )
+    if mode == "adjoint" and projected:
+        raise ConfigError(
+            "{memory} solves the ODE backwards in time; a projection after every step (the "
+            "post-activation 'basic' block) is not an ODE flow: use the preact block, or "
+            "memory='checkpoint'",
+            memory=mode,
+        )
+    return mode
 
 
 @dataclass(frozen=True)
@@ -113,8 +175,19 @@ class ODEBlock(nn.Module):
     solver: a registered name (``odenet.solvers.method_names()``) or a ``ButcherTableau``.
     steps, step_size: for fixed-step solvers, ``steps`` steps of size ``step_size``; for
         adaptive ones the same horizon, solved under rtol/atol.
-    adjoint: adaptive solvers only — gradients by the adjoint method (Chen et al. 2018)
-        at O(1) memory instead of backpropagating through the solver.
+    memory: how the backward pass is paid for (``MEMORY``). ``"backprop"`` stores every
+        step; ``"checkpoint"`` (fixed-step solvers) stores the input of about √N segments
+        of the N steps and recomputes one segment at a time during the backward pass with
+        ``torch.utils.checkpoint``: the same gradient, bit for bit, in memory ∝ √N (batch-
+        norm statistics are not updated twice). ``"adjoint"`` solves the adjoint ODE
+        backwards in time through torchdiffeq's ``odeint_adjoint`` (Chen et al. 2018):
+        for an adaptive solver under rtol/atol; for a fixed-step solver with the block's
+        own tableau on its own grid. That is the gradient of the *continuous* problem,
+        which differs from the discrete network's by O(h^p) and more where the backward
+        reconstruction of the state is unstable (Gholami et al. 2019, ANODE). One solve
+        per weight set: a shared-weight field stores nothing per step, per-step weights
+        store one state per step (not the activations inside the field).
+    adjoint: ``True`` is the older spelling of ``memory="adjoint"``.
     residual: ``False`` drops the identity (the plain twin), fixed-step solvers only.
     projection: a module applied after every step (Euler only), e.g. ``nn.ReLU()``.
     max_steps: bound on accepted adaptive steps per solve.
@@ -138,6 +211,7 @@ class ODEBlock(nn.Module):
         residual: bool = True,
         projection: nn.Module | None = None,
         max_steps: int = DEFAULT_MAX_STEPS,
+        memory: Memory | None = None,
     ) -> None:
         super().__init__()
         method = get_method(solver)
@@ -145,7 +219,9 @@ class ODEBlock(nn.Module):
         h = check_step_size(step_size)
         if method.adaptive:
             check_tolerances(rtol, atol)
-        check_solver_options(method, residual=residual, adjoint=adjoint)
+        mode = check_solver_options(
+            method, residual=residual, adjoint=adjoint, memory=memory, projected=projection is not None
+        )
         if projection is not None and method.tableau.stages != 1:
             raise ConfigError(
                 "a {projection} after each step (the post-activation 'basic' block) is a projected "
@@ -171,7 +247,7 @@ class ODEBlock(nn.Module):
         self.step_size = float(step_size)
         self.rtol = float(rtol)
         self.atol = float(atol)
-        self.adjoint = adjoint
+        self.memory: Memory = mode
         self.residual = residual
         self.projection = projection
         self.max_steps = int(max_steps)
@@ -196,6 +272,25 @@ class ODEBlock(nn.Module):
     @property
     def solver(self) -> str:
         return self.method.name
+
+    @property
+    def compilable(self) -> str | None:
+        """Why ``torch.compile`` cannot trace this block, or ``None`` when it can.
+
+        A fixed-step loop is a fixed sequence of tensor operations; an adaptive solve
+        chooses its steps by reading the error estimate back on the host, and the adjoint
+        runs torchdiffeq's own autograd function with the same kind of loop.
+        """
+        if self.method.adaptive:
+            return f"{self.method.name} is adaptive: its step sizes are chosen on the host"
+        if self.memory == "adjoint":
+            return "memory='adjoint' runs torchdiffeq's adjoint loop, which reads the time grid on the host"
+        return None
+
+    @property
+    def adjoint(self) -> bool:
+        """Gradients by the adjoint method (``memory == "adjoint"``)."""
+        return self.memory == "adjoint"
 
     @property
     def nfe_forward(self) -> int:
@@ -224,13 +319,27 @@ class ODEBlock(nn.Module):
         atol: float | None = None,
         adjoint: bool | None = None,
         max_steps: int | None = None,
+        memory: Memory | None = None,
     ) -> ODEBlock:
         """The same field (the same parameter tensors, nothing copied) solved differently.
 
-        The horizon is kept: with ``steps=m`` the step size becomes horizon / m.
+        The horizon is kept: with ``steps=m`` the step size becomes horizon / m. The memory
+        mode is kept where the new solver admits it; otherwise it becomes backprop:
+        checkpointing for an adaptive solver, and an adaptive block's adjoint for a fixed-
+        step solver (whose loop backpropagates exactly and cheaply).
         """
         steps = check_steps(self.steps if steps is None else steps)
         method = get_method(self.method if solver is None else solver)
+        if memory is None and adjoint is None:
+            memory = self.memory
+            if (memory == "checkpoint" and method.adaptive) or (
+                memory == "adjoint" and self.method.adaptive and not method.adaptive
+            ):
+                memory = "backprop"
+        elif memory is None:
+            memory = "adjoint" if adjoint else ("backprop" if self.memory == "adjoint" else self.memory)
+            if memory == "checkpoint" and method.adaptive:
+                memory = "backprop"
         return ODEBlock(
             self.field,
             solver=method,
@@ -238,10 +347,11 @@ class ODEBlock(nn.Module):
             step_size=self.horizon / steps,
             rtol=self.rtol if rtol is None else rtol,
             atol=self.atol if atol is None else atol,
-            adjoint=(self.adjoint and method.adaptive) if adjoint is None else adjoint,
+            adjoint=bool(adjoint) and memory == "adjoint",
             residual=self.residual,
             projection=self.projection,
             max_steps=self.max_steps if max_steps is None else max_steps,
+            memory=memory,
         )
 
     # -- integration -------------------------------------------------------------------
@@ -315,19 +425,54 @@ class ODEBlock(nn.Module):
         return x
 
     def _fixed(self, x: Tensor) -> Tensor:
-        h = self.step_size
         times = self._time_table(x)
-        for n in range(self.steps):
-            x = self._advance(self._field_for_step(n * h), times[n], x)
+        differentiated = torch.is_grad_enabled() and (x.requires_grad or _any_requires_grad(self))
+        if self.memory == "checkpoint" and differentiated:
+            for steps in self.segments():
+                x = checkpoint(self._run, x, steps, times, use_reentrant=False, context_fn=self._recompute_context)
+        elif self.memory == "adjoint" and differentiated:
+            x = solve_fixed_adjoint(
+                x, self._pieces(), self._stages, self._weights, self.step_size, self.rtol, self.atol
+            )
+        else:
+            x = self._run(x, range(self.steps), times)
         self.nfe_forward = self.steps * len(self._stages)
         if x.requires_grad:
             nfe = self.nfe_forward
-
-            def on_backward(grad: Tensor) -> None:
+            if torch.compiler.is_compiling():
+                # A hook that mutates the block breaks torch.compile's graph; the count a
+                # fixed-step backward pass will make is known now.
                 self.nfe_backward = nfe
+            else:
 
-            x.register_hook(on_backward)
+                def on_backward(grad: Tensor) -> None:
+                    self.nfe_backward = nfe
+
+                x.register_hook(on_backward)
         return x
+
+    def _run(self, x: Tensor, steps: range, times: list[tuple[Tensor, ...]]) -> Tensor:
+        h = self.step_size
+        for n in steps:
+            x = self._advance(self._field_for_step(n * h), times[n], x)
+        return x
+
+    def segments(self) -> list[range]:
+        """The steps of each checkpointed segment: about √N segments of about √N steps.
+
+        Peak memory is then the √N stored segment inputs plus one segment's activations,
+        both ∝ √N (Chen et al. 2016, "Training deep nets with sublinear memory cost").
+        """
+        count = max(1, round(math.sqrt(self.steps)))
+        size = math.ceil(self.steps / count)
+        return [range(start, min(start + size, self.steps)) for start in range(0, self.steps, size)]
+
+    def _recompute_context(
+        self,
+    ) -> tuple[contextlib.AbstractContextManager[None], contextlib.AbstractContextManager[None]]:
+        # The forward pass runs as usual; the recomputation in the backward pass normalises
+        # with the same batch statistics but must not update the running ones a second time.
+        return contextlib.nullcontext(), _running_stats_frozen(self)
 
     def _pieces(self) -> list[tuple[float, float, nn.Module]]:
         """(t0, t1, field) intervals on which the field is smooth in t.
@@ -351,7 +496,9 @@ class ODEBlock(nn.Module):
     def extra_repr(self) -> str:
         parts = [f"solver={self.method.name!r}", f"steps={self.steps}", f"step_size={self.step_size:g}"]
         if self.method.adaptive:
-            parts += [f"rtol={self.rtol:g}", f"atol={self.atol:g}", f"adjoint={self.adjoint}"]
+            parts += [f"rtol={self.rtol:g}", f"atol={self.atol:g}"]
+        if self.memory != "backprop":
+            parts.append(f"memory={self.memory!r}")
         if not self.residual:
             parts.append("residual=False")
         return ", ".join(parts)
@@ -375,6 +522,33 @@ def _check_signature(field: Any) -> None:
             + "); add the time argument: def forward(self, t, x) (t may be ignored)",
             field=type(field).__name__,
         )
+
+
+def _any_requires_grad(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+@contextlib.contextmanager
+def _running_stats_frozen(module: nn.Module) -> Iterator[None]:
+    """Batch norms in ``module`` keep the running statistics they had on entry.
+
+    The recomputation normalises with the batch's statistics exactly as the forward pass
+    did (so it saves the same tensors), and its second update of running_mean/var and
+    num_batches_tracked is undone on exit by copying the entry values back.
+    """
+    saved = [
+        (buffer, buffer.clone())
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+        for buffer in (m.running_mean, m.running_var, m.num_batches_tracked)
+        if buffer is not None
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
 
 
 def ode_blocks(model: nn.Module) -> Iterator[ODEBlock]:

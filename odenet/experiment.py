@@ -20,7 +20,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from odenet.blocks import check_solver_options, check_step_size, check_tolerances, ode_blocks
+from odenet.blocks import Memory, check_solver_options, check_step_size, check_tolerances, ode_blocks
 from odenet.data import DATASETS, TensorData, data_kind, load_dataset
 from odenet.depth import WeightSharing
 from odenet.errors import ConfigError
@@ -86,7 +86,13 @@ class ModelConfig:
     )
     rtol: float = knob(1e-3, "Relative tolerance of adaptive solvers.")
     atol: float = knob(1e-4, "Absolute tolerance of adaptive solvers.")
-    adjoint: bool = knob(False, "Adaptive solvers: gradients by the adjoint method.")
+    adjoint: bool = knob(False, "Gradients by the adjoint method: shorthand for memory=adjoint.")
+    memory: Memory = knob(
+        "backprop",
+        "How ODE blocks pay for gradients: backprop stores every step; checkpoint recomputes segments "
+        "(memory ~ sqrt(steps), the same gradient); adjoint solves the adjoint ODE backwards (memory not "
+        "growing with steps for shared weights; the continuous problem's gradient, not the network's).",
+    )
     time: bool = knob(False, "Condition every field on t (ConcatConv / ConcatLinear, Chen et al. 2018).")
     activation: Literal["relu", "tanh", "softplus", "gelu"] = knob(
         "relu", "MLP fields only: smooth activations (tanh, softplus) keep the RK orders."
@@ -99,7 +105,12 @@ class ModelConfig:
         check_block(self.block, method, self.shortcut)
         check_step_size(self.step_size)
         check_tolerances(self.rtol, self.atol)
-        check_solver_options(method, residual=self.residual, adjoint=self.adjoint)
+        if self.adjoint and self.memory == "backprop":  # the older spelling of memory="adjoint"
+            object.__setattr__(self, "memory", "adjoint")
+        mode = check_solver_options(
+            method, residual=self.residual, adjoint=self.adjoint, memory=self.memory, projected=self.block == "basic"
+        )
+        object.__setattr__(self, "adjoint", mode == "adjoint")
         if self.width is not None:
             check_count("width", self.width)
         check_count("widen", self.widen)
@@ -199,7 +210,7 @@ def build_model(config: ModelConfig, data: TensorData) -> nn.Module:
     """The network for ``data``'s shape and classes."""
     common = dict(
         solver=config.solver, residual=config.residual, step_size=config.step_size,
-        weights=config.weights, rtol=config.rtol, atol=config.atol, adjoint=config.adjoint,
+        weights=config.weights, rtol=config.rtol, atol=config.atol, memory=config.memory,
         time=config.time, norm=config.norm, output=config.branch_output,
     )  # fmt: skip
     config.check_data(data.kind)

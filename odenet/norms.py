@@ -49,18 +49,21 @@ NORMS: tuple[str, ...] = ("auto", "batch", "frozen_batch", "group", "none")
 CALIBRATION_SAMPLES = 1024
 
 
-def resolve_norm(norm: str, *, adaptive: bool, autonomous: bool, default: str = "batch") -> str:
+def resolve_norm(
+    norm: str, *, adaptive: bool, autonomous: bool, adjoint: bool = False, default: str = "batch"
+) -> str:
     """The normalisation a field gets: ``norm`` itself unless it is ``"auto"``.
 
     ``"auto"`` is ``default`` (batch for conv nets, none for MLPs), except that batch norm
-    becomes GroupNorm inside adaptive or shared-weight (autonomous) fields, where its
-    running statistics are not those of the forward trajectory (see the module docstring).
+    becomes GroupNorm inside adaptive, shared-weight (autonomous) or adjoint-solved
+    fields, where its running statistics are not those of the forward trajectory (see
+    the module docstring; the adjoint's backward solve calls the field in training mode).
     """
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
     if norm != "auto":
         return norm
-    return "group" if default == "batch" and (adaptive or autonomous) else default
+    return "group" if default == "batch" and (adaptive or autonomous or adjoint) else default
 
 
 class FrozenBatchNorm(nn.modules.batchnorm._BatchNorm):

@@ -127,7 +127,7 @@ def test_no_library_message_names_a_command_line_flag():
 LAYERS = {
     "errors": 0, "labels": 0, "knobs": 0, "files": 0,
     "tableaus": 1, "data": 1,
-    "adaptive": 2, "solvers": 2,
+    "adaptive": 2, "adjoint": 2, "solvers": 2,
     "fields": 3, "depth": 3, "norms": 3,
     "blocks": 4,
     "models": 5,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from odenet.blocks import ODEBlock
+from odenet.blocks import Memory, ODEBlock
 from odenet.depth import StepwiseField
 from odenet.fields import PreActConvField, make_norm
 from odenet.models.common import ResidualNetwork, check_step_size
@@ -52,16 +52,19 @@ def chen_odenet(
     steps: int = 1,
     step_size: float = 1.0,
     width: int = 64,
+    memory: Memory | None = None,
 ) -> ResidualNetwork:
     """The ODE-Net of Chen et al. (2018): one shared, time-conditioned field on [0, 1].
 
-    Defaults are those of torchdiffeq's example (dopri5, tol 1e-3). x: (batch,
-    in_channels, H, W) → logits (batch, num_classes).
+    Defaults are those of torchdiffeq's example (dopri5, tol 1e-3). ``memory`` (or
+    ``adjoint=True``) as in ``ODEBlock``. x: (batch, in_channels, H, W) → logits (batch,
+    num_classes).
     """
     field = PreActConvField(width, norm="group", time=True, bias=True, final_norm=True)
     block = ODEBlock(
-        field, solver, steps=steps, step_size=check_step_size(step_size), rtol=rtol, atol=atol, adjoint=adjoint
-    )
+        field, solver, steps=steps, step_size=check_step_size(step_size), rtol=rtol, atol=atol, adjoint=adjoint,
+        memory=memory,
+    )  # fmt: skip
     return ResidualNetwork(_stem(in_channels, width), nn.Sequential(block), _head(width, num_classes))
 
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from torch import nn
 
-from odenet.blocks import ODEBlock
+from odenet.blocks import Memory, ODEBlock, check_solver_options
 from odenet.depth import WeightSharing, depth_field
 from odenet.errors import ConfigError
 from odenet.fields import BasicConvField, BottleneckField, PreActConvField
@@ -115,6 +115,7 @@ def cifar_resnet(
     rtol: float = 1e-3,
     atol: float = 1e-4,
     adjoint: bool = False,
+    memory: Memory | None = None,
 ) -> ResidualNetwork:
     """A CIFAR ResNet whose blocks are steps of ``solver`` with step size ``step_size``.
 
@@ -138,15 +139,19 @@ def cifar_resnet(
         there is allowed but must be asked for. ``"frozen_batch"`` normalises the ODE
         fields with statistics frozen between calibrations (a fixed field); stem,
         transitions and head then use ordinary batch norm. ``"group"``, ``"none"``.
+    memory: how every ODE block pays for its gradient (``odenet.blocks.MEMORY``):
+        backprop, checkpoint (√N memory, the same gradient) or adjoint (the continuous
+        adjoint; ``adjoint=True`` is its older spelling).
     x: (batch, in_channels, H, W) → logits (batch, num_classes).
     """
     method = get_method(solver)
     check_block(block, method, shortcut)
+    memory = check_solver_options(method, residual=residual, adjoint=adjoint, memory=memory, projected=block == "basic")
     n = blocks_per_stage(depth, block)
     h = check_step_size(step_size)
     check_positive(num_classes=num_classes, in_channels=in_channels, width=width, widen=widen)
 
-    inner = resolve_norm(norm, adaptive=method.adaptive, autonomous=weights == "shared")
+    inner = resolve_norm(norm, adaptive=method.adaptive, autonomous=weights == "shared", adjoint=memory == "adjoint")
     outer = "batch" if inner == "frozen_batch" else inner  # stem, transitions, head
     field_cls, _ = BLOCKS[block]
     expansion = BottleneckField.expansion if block == "bottleneck" else 1
@@ -191,7 +196,7 @@ def cifar_resnet(
                     step_size=h,
                     rtol=rtol,
                     atol=atol,
-                    adjoint=adjoint,
+                    memory=memory,
                     residual=residual,
                     projection=projection(),
                 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from odenet.blocks import ODEBlock
+from odenet.blocks import Memory, ODEBlock, check_solver_options
 from odenet.depth import WeightSharing, depth_field
 from odenet.fields import MLPField
 from odenet.models.cifar import check_positive
@@ -34,6 +34,7 @@ def mlp_resnet(
     atol: float = 1e-4,
     adjoint: bool = False,
     output: str = "linear",
+    memory: Memory | None = None,
 ) -> ResidualNetwork:
     """Linear lift to ``width`` features → ``depth`` steps of an MLP field → linear classifier.
 
@@ -41,12 +42,17 @@ def mlp_resnet(
     norm: ``"auto"`` (default) is no normalisation; ``"batch"``, ``"frozen_batch"``,
         ``"group"`` put one before the first linear map (``odenet.norms``).
     output: ``"linear"`` (x + h·F(x)) or ``"relu"`` (x + h·ReLU(F(x)); ``odenet.fields``).
+    memory: backprop, checkpoint or adjoint (``odenet.blocks.MEMORY``); the ``depth`` steps
+        are one ``ODEBlock``, so checkpointing stores about √depth states.
     x: (batch, in_features) → logits (batch, num_classes).
     """
     check_positive(in_features=in_features, num_classes=num_classes, depth=depth, width=width)
     h = check_step_size(step_size)
     method = get_method(solver)
-    norm = resolve_norm(norm, adaptive=method.adaptive, autonomous=weights == "shared", default="none")
+    memory = check_solver_options(method, residual=residual, adjoint=adjoint, memory=memory)
+    norm = resolve_norm(
+        norm, adaptive=method.adaptive, autonomous=weights == "shared", adjoint=memory == "adjoint", default="none"
+    )
 
     def make() -> nn.Module:
         return MLPField(width, hidden, activation=activation, norm=norm, time=time, output=output)  # type: ignore[arg-type]
@@ -58,7 +64,7 @@ def mlp_resnet(
         step_size=h,
         rtol=rtol,
         atol=atol,
-        adjoint=adjoint,
+        memory=memory,
         residual=residual,
     )
     return ResidualNetwork(nn.Linear(in_features, width), nn.Sequential(block), nn.Linear(width, num_classes))

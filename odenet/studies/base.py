@@ -28,7 +28,7 @@ import time
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass, replace
 from functools import lru_cache
 from itertools import product
 from typing import Any, ClassVar
@@ -236,6 +236,24 @@ class Study:
     # -- helpers for kinds -------------------------------------------------------------
     def to_json(self) -> str:
         return json.dumps({"kind": self.kind, **asdict(self)}, sort_keys=True)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The default config of this kind, as ``to_json`` writes it (nested dicts).
+
+        A resumed study whose stored config lacks an option added to odenet since it
+        started accepts that option at its default (``StudyStore.open``).
+        """
+        values: dict[str, Any] = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            if f.default is not MISSING:
+                value = f.default
+            elif f.default_factory is not MISSING:
+                value = f.default_factory()
+            else:
+                continue
+            values[f.name] = asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
+        return dict(json.loads(json.dumps(values, default=list)))
 
     @property
     def image(self) -> bool:

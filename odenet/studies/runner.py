@@ -113,7 +113,7 @@ def run_study(
     cells = study.cells()
     with _Executor(study, execution) as executor, StoreLock(out):
         store = StudyStore(out, study.layout())
-        done = store.open(attrs, resume, ignore=study.incidental)
+        done = store.open(attrs, resume, ignore=study.incidental, defaults=study.defaults())
         pending = [c for c in cells if not done[c.index]]
         report = StudyReport(store.path, total=len(cells), skipped=len(cells) - len(pending), repaired=store.repaired)
         bar = tqdm(total=len(cells), initial=report.skipped, desc=f"{study.kind} study", unit="cell",

@@ -140,12 +140,22 @@ class StudyStore:
         self.layout = layout
 
     # -- opening -----------------------------------------------------------------------
-    def open(self, attrs: Mapping[str, Any], resume: bool, ignore: Sequence[str] = ()) -> np.ndarray:
+    def open(
+        self,
+        attrs: Mapping[str, Any],
+        resume: bool,
+        ignore: Sequence[str] = (),
+        defaults: Mapping[str, Any] | None = None,
+    ) -> np.ndarray:
         """Create the store, or reopen it with ``resume``; return the ``done`` mask.
 
         Refuses (``StoreError``) to overwrite a result or an unfinished store without
         ``resume``, and to resume a store that another config made (config keys in
-        ``ignore`` may differ: they do not change what a finished cell means). On resume,
+        ``ignore`` may differ: they do not change what a finished cell means). A config
+        key that the stored config lacks (an option added to odenet since the study
+        started) matches when the new config gives it its value in ``defaults`` (the
+        config's defaults, nested like it): a new option's default keeps the old
+        behaviour, so those cells mean the same. On resume,
         finished cells whose stored values fail their checksums are listed in
         ``self.repaired`` and marked unfinished, so they are computed again.
         """
@@ -157,7 +167,7 @@ class StudyStore:
                     "or delete it to start over",
                     resume=True,
                 )
-            self._check_config(self._open().attrs, attrs, ignore)
+            self._check_config(self._open().attrs, attrs, ignore, defaults)
         elif self.path.exists():
             if not resume:
                 raise StoreError(
@@ -173,7 +183,7 @@ class StudyStore:
                     + "choose another {out}, or delete it",
                     out=NAME_ONLY,
                 ) from None
-            self._check_config(old.attrs, attrs, ignore)
+            self._check_config(old.attrs, attrs, ignore, defaults)
             cell_variables = {v.name for v in self.layout.variables} | {"done"}
             derived = [name for name in old.data_vars if name not in cell_variables]
             old = old.drop_vars(derived)  # derived again by ``finalize``
@@ -233,8 +243,14 @@ class StudyStore:
         return enc
 
     @staticmethod
-    def _check_config(stored: Mapping[str, Any], new: Mapping[str, Any], ignore: Sequence[str] = ()) -> None:
+    def _check_config(
+        stored: Mapping[str, Any],
+        new: Mapping[str, Any],
+        ignore: Sequence[str] = (),
+        defaults: Mapping[str, Any] | None = None,
+    ) -> None:
         old_config, new_config = _without(stored.get("config"), ignore), _without(new.get("config"), ignore)
+        old_config = _with_added_defaults(old_config, new_config, defaults or {})
         if stored.get("study") != new.get("study") or old_config != new_config:
             diff = _config_diff(str(stored.get("config", "{}")), str(new.get("config", "{}")))
             raise StoreError(
@@ -364,6 +380,23 @@ def _without(config: Any, keys: Sequence[str]) -> Any:
     except json.JSONDecodeError:
         return config
     return {k: v for k, v in parsed.items() if k not in keys} if isinstance(parsed, dict) else parsed
+
+
+def _with_added_defaults(old: Any, new: Any, defaults: Mapping[str, Any]) -> Any:
+    """``old`` with the keys only ``new`` has, where ``new`` gives them their default value."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return old
+    filled = dict(old)
+    for key, value in new.items():
+        default = defaults.get(key, _MISSING)
+        if key not in old and default is not _MISSING and value == default:
+            filled[key] = value
+        elif key in old and isinstance(default, Mapping):
+            filled[key] = _with_added_defaults(old[key], value, default)
+    return filled
+
+
+_MISSING = object()
 
 
 def _config_diff(old: str, new: str) -> str:
