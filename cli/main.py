@@ -6,10 +6,14 @@ No numerics live here.
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import click
 
 from odenet import __version__
 from odenet.solvers import METHODS
+from odenet.train import CompileNotice
 from odenet_cli.plot import plot
 from odenet_cli.run import run
 from odenet_cli.study import study
@@ -22,6 +26,22 @@ def main() -> None:
 
     A residual block is one step of an ODE solver: x_{k+1} = x_k + h·F_k(x_k).
     """
+    warnings.showwarning = _notices_as_lines(warnings.showwarning)
+
+
+def _notices_as_lines(show: Any) -> Any:
+    """Library notices (``CompileNotice``) as one ``note:`` line on stderr; other warnings as before."""
+    if getattr(show, "odenet_notes", False):
+        return show
+
+    def showwarning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, CompileNotice):
+            click.echo(f"note: {message}", err=True)
+        else:
+            show(message, category, *args, **kwargs)
+
+    showwarning.odenet_notes = True  # type: ignore[attr-defined]
+    return showwarning
 
 
 @main.command()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,8 +35,10 @@ __all__ = [
     "OPTIMIZERS",
     "PRECISIONS",
     "SCHEDULES",
+    "CompileNotice",
     "History",
     "TrainConfig",
+    "compile_model",
     "evaluate",
     "load_checkpoint",
     "resolve_device",
@@ -90,6 +93,12 @@ class TrainConfig:
         None,
         "CPU threads of torch's kernels (default: torch's own choice). Floating-point sums depend on it, so "
         "numbers repeat bit for bit only at the same count; studies fix it to 1 per cell.",
+    )
+
+    compile: bool = knob(
+        False,
+        "Compile the training step's forward and backward with torch.compile (fixed-step solvers; adaptive "
+        "and adjoint blocks train eagerly, with a one-line notice). Compiled once per process per network shape.",
     )
 
     def __post_init__(self) -> None:
@@ -176,6 +185,25 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+class CompileNotice(UserWarning):
+    """``compile=True`` asked for a model that ``torch.compile`` cannot trace: it runs eagerly."""
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """``torch.compile(model)``, or ``model`` itself with a ``CompileNotice`` when a block cannot be traced.
+
+    Fixed-step blocks unroll into one graph. An adaptive or adjoint block would break the
+    graph at every step (its loop reads values back on the host), so such a model runs
+    eagerly. Dynamo treats a module's parameters as graph inputs, so a second network of
+    the same shape (the next cell of a study) reuses the compiled code in this process.
+    """
+    reasons = sorted({r for b in ode_blocks(model) if (r := b.compilable) is not None})
+    if reasons:
+        warnings.warn(f"--compile skipped, training eagerly: {'; '.join(reasons)}", CompileNotice, stacklevel=2)
+        return model
+    return torch.compile(model)  # type: ignore[return-value]
+
+
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     # No weight decay on norm parameters and biases (1-d tensors), as in most CIFAR recipes.
     decay = [p for p in model.parameters() if p.dim() > 1]
@@ -206,9 +234,18 @@ def _autocast(device: torch.device, precision: str) -> Any:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512, precision: str = "fp32"
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int = 512,
+    precision: str = "fp32",
+    features: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` in eval mode; one host read at the end."""
+    """(mean cross-entropy, accuracy) of ``model`` in eval mode; one host read at the end.
+
+    features: turns a batch of ``x`` into the model's input, e.g. ``TensorData.features``
+    for uint8 pixels normalised per batch; ``None`` feeds ``x`` as it is.
+    """
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
@@ -216,7 +253,7 @@ def evaluate(
     try:
         for xb, yb in batches(x, y, batch_size, shuffle=False):
             with _autocast(x.device, precision):
-                logits = model(xb)
+                logits = model(xb if features is None else features(xb))
             loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").double()
             correct += (logits.argmax(dim=1) == yb).sum()
     finally:
@@ -254,11 +291,12 @@ def _train(
     device = resolve_device(config.device)
     dtype = torch.float64 if config.precision == "fp64" else torch.float32
     torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator(device=device).manual_seed(config.seed)  # batch order and crops drawn on the device
     model.to(device=device, dtype=dtype)
     data = data.to(device, dtype=dtype)
     if device.type == "cuda" and data.kind == "image":
         model.to(memory_format=torch.channels_last)
+    step_model = compile_model(model) if config.compile else model  # evaluation stays eager
 
     n_batches = math.ceil(len(data.y_train) / config.batch_size)
     opt = _optimizer(model, config)
@@ -273,7 +311,9 @@ def _train(
     for epoch in range(1, config.epochs + 1):
         if frozen:  # statistics of the current weights, fixed for the epoch: the field is one function
             try:
-                calibrate_batchnorm(model, data.x_train[:CALIBRATION_SAMPLES], config.batch_size, FrozenBatchNorm)
+                calibrate_batchnorm(
+                    model, data.features(data.x_train[:CALIBRATION_SAMPLES]), config.batch_size, FrozenBatchNorm
+                )
             except SolverError as err:
                 _diverge(history, epoch, f"solver failed: {err}")
                 break
@@ -289,12 +329,13 @@ def _train(
         shown = not bar.disable  # tqdm sets disable on close()
         try:
             for step, (xb, yb) in enumerate(batches(data.x_train, data.y_train, config.batch_size, generator), 1):
+                xb = data.features(xb)  # uint8 pixels normalised here, before the pad (zeros = channel mean)
                 if data.augment == "crop_flip":
                     xb = augment_crop_flip(xb, generator)
                 if device.type == "cuda" and xb.dim() == 4:
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 with _autocast(device, config.precision):
-                    logits = model(xb)
+                    logits = step_model(xb)
                     loss = F.cross_entropy(logits.float(), yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -319,7 +360,9 @@ def _train(
             _diverge(history, epoch, "non-finite training loss")
             break
         try:
-            test_loss, test_acc = evaluate(model, data.x_test, data.y_test, precision=config.precision)
+            test_loss, test_acc = evaluate(
+                model, data.x_test, data.y_test, precision=config.precision, features=data.features
+            )
         except SolverError as err:
             _diverge(history, epoch, f"solver failed during evaluation: {err}")
             break

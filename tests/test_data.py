@@ -110,7 +110,7 @@ def test_cifar_is_read_from_the_python_pickles(tmp_path, name):
     raw = pickle.loads((tmp_path / first_file).read_bytes())
     first = torch.as_tensor(raw["data"][0].reshape(3, 32, 32), dtype=torch.float32)
     for ch in range(3):
-        corr = torch.corrcoef(torch.stack([first[ch].flatten(), data.x_train[0, ch].flatten()]))[0, 1]
+        corr = torch.corrcoef(torch.stack([first[ch].flatten(), data.features(data.x_train)[0, ch].flatten()]))[0, 1]
         assert corr == pytest.approx(1.0, abs=1e-5)
 
 

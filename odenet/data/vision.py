@@ -1,8 +1,9 @@
 """torchvision datasets read from a local folder: CIFAR-10/100, MNIST, Fashion-MNIST.
 
-torchvision reads the files; odenet turns them into normalised tensors once, so training
-indexes device memory instead of running a DataLoader. Nothing is downloaded unless
-``download=True`` (for machines with network access).
+torchvision reads the files; odenet keeps the images as uint8 tensors with the training
+set's per-channel statistics, so training indexes device memory (a quarter of the bytes
+of float32) instead of running a DataLoader and normalises each batch on the device.
+Nothing is downloaded unless ``download=True`` (for machines with network access).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from odenet.data.core import DataError, TensorData
 from odenet.errors import NAME_ONLY, literal
 
-__all__ = ["VISION", "load_vision"]
+__all__ = ["VISION", "load_vision", "pixel_statistics"]
 
 # name: (torchvision class name, classes, expected layout under the data folder)
 VISION: dict[str, tuple[str, int, str]] = {
@@ -63,10 +64,11 @@ def _dataset_class(name: str) -> type:
 
 
 def load_vision(name: str, data_dir: str | Path | None, download: bool = False) -> TensorData:
-    """Read a torchvision dataset from ``data_dir`` into normalised tensors.
+    """Read a torchvision dataset from ``data_dir`` into tensors.
 
-    Images become (N, C, H, W) float32, standardised per channel with the training
-    split's mean and std; CIFAR gets the crop-and-flip augmentation at training time.
+    Images are kept as (N, C, H, W) uint8 pixels with the training split's per-channel
+    mean and std (pixel units), which ``TensorData.features`` applies per batch; CIFAR
+    gets the crop-and-flip augmentation at training time.
     """
     if name not in VISION:
         raise DataError("{dataset} is not a vision dataset; choose one of: " + ", ".join(VISION), dataset=name)
@@ -102,17 +104,17 @@ def load_vision(name: str, data_dir: str | Path | None, download: bool = False) 
         ) from err
     x_train, y_train = _as_tensors(train.data, train.targets)
     x_test, y_test = _as_tensors(test.data, test.targets)
-    dims = (0, 2, 3)
-    mean = x_train.mean(dim=dims, keepdim=True)
-    std = x_train.std(dim=dims, keepdim=True).clamp_min(1e-8)
+    mean, std = pixel_statistics(x_train)
     return TensorData(
         name,
-        ((x_train - mean) / std).contiguous(),
+        x_train,
         y_train,
-        ((x_test - mean) / std).contiguous(),
+        x_test,
         y_test,
         num_classes,
         augment="crop_flip" if name.startswith("cifar") else "none",
+        mean=mean,
+        std=std,
     )
 
 
@@ -120,11 +122,28 @@ def _mention_download(download: bool) -> dict[str, Any]:
     return {} if download else {"download": True}
 
 
+def pixel_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (n − 1) of uint8 images, in pixel units, each (1, C, 1, 1) float32.
+
+    Counted from each channel's histogram of the 256 pixel values, so the sums are exact
+    in float64 and need no float copy of the images. x: (N, C, H, W) uint8.
+    """
+    values = torch.arange(256, dtype=torch.float64)
+    mean, std = torch.empty(x.shape[1], dtype=torch.float64), torch.empty(x.shape[1], dtype=torch.float64)
+    for c in range(x.shape[1]):
+        counts = torch.bincount(x[:, c].reshape(-1), minlength=256).double()
+        n = counts.sum()
+        mean[c] = (counts * values).sum() / n
+        std[c] = ((counts * (values - mean[c]) ** 2).sum() / (n - 1)).sqrt()
+    shape = (1, -1, 1, 1)
+    return mean.float().reshape(shape), std.clamp_min(1e-8).float().reshape(shape)
+
+
 def _as_tensors(data: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """torchvision's raw arrays → (N, C, H, W) float in [0, 1] and int64 labels."""
+    """torchvision's raw arrays → (N, C, H, W) uint8 pixels and int64 labels."""
     x = torch.as_tensor(np.asarray(data))
     if x.dim() == 3:  # MNIST-like: (N, H, W)
         x = x[:, None]
     else:  # CIFAR: (N, H, W, C)
         x = x.permute(0, 3, 1, 2)
-    return x.float().div_(255.0), torch.as_tensor(np.asarray(targets), dtype=torch.int64)
+    return x.to(torch.uint8).contiguous(), torch.as_tensor(np.asarray(targets), dtype=torch.int64)

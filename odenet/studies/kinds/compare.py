@@ -103,7 +103,8 @@ class CompareStudy(Study):
         # Memory of one training step at the training batch size, after training (the
         # adaptive solvers' step counts are those of the trained field).
         device = resolve_device(cell.train.device)
-        x, y = data.x_train[: cell.train.batch_size].to(device), data.y_train[: cell.train.batch_size].to(device)
+        batch = slice(cell.train.batch_size)
+        x, y = data.features(data.x_train[batch].to(device)), data.y_train[batch].to(device)
         try:
             values["peak_saved_bytes"] = saved_activation_peak(model, x, y)
             values["peak_cuda_bytes"] = cuda_peak(model, x, y) or math.nan

@@ -234,9 +234,9 @@ class ConvergenceStudy(Study):
         # tolerance float32 can resolve: a class decision needs no more.
         net64 = copy.deepcopy(model).to(device=device, dtype=torch.float64).eval()
         net32 = copy.deepcopy(model).to(device=device, dtype=torch.float32).eval()
-        x64 = data.x_test[:ERROR_SAMPLES].to(device, torch.float64)
-        x, y = data.x_test.to(device, torch.float32), data.y_test.to(device)
-        calibration = data.x_train[:CALIBRATION_SAMPLES].to(device, torch.float32)
+        x64 = data.features(data.x_test[:ERROR_SAMPLES].to(device), torch.float64)
+        x, y = data.features(data.x_test.to(device), torch.float32), data.y_test.to(device)
+        calibration = data.features(data.x_train[:CALIBRATION_SAMPLES].to(device), torch.float32)
         reference: dict[str, Any] = {"solver": self.reference, "adjoint": False}
         try:
             inputs, outputs = stage_states(net64.with_solver(**reference, rtol=tol * TIGHTER, atol=tol * TIGHTER), x64)

@@ -32,8 +32,8 @@ ARCHS = ("residual", "plain")
 
 
 def gradient_batch(data: TensorData, samples: int, device: Any) -> tuple[Any, Any]:
-    """The first ``samples`` training examples: the batch the gradient probes use."""
-    return data.x_train[:samples].to(device), data.y_train[:samples].to(device)
+    """The first ``samples`` training examples (float features): the batch the gradient probes use."""
+    return data.features(data.x_train[:samples].to(device)), data.y_train[:samples].to(device)
 
 
 @dataclass(frozen=True)

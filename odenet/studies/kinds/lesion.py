@@ -100,7 +100,7 @@ class LesionStudy(ArchGrid):
         values, history = train_cell(model, data, cell)
         if history.diverged:  # every lesion variable keeps its fill value (NaN, −1)
             return values
-        x, y = data.x_test.to(device), data.y_test.to(device)
+        x, y = data.features(data.x_test.to(device)), data.y_test.to(device)
         single = single_lesions(model, x, y)
         random = random_lesions(model, x, y, self.max_deleted, self.subsets, seed=cell.train.seed)
         paths = path_gradients(model, *gradient_batch(data, self.grad_samples, device))

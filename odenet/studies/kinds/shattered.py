@@ -54,7 +54,7 @@ def line_ends(data: TensorData, lines: int) -> tuple[Tensor, Tensor, Tensor]:
     if 2 * lines > available:
         found = literal(f"{data.name} has {available}: use at most {available // 2}")
         raise ConfigError("{lines} needs 2 training examples per line; " + found, lines=lines)
-    x = data.x_train[: 2 * lines]
+    x = data.features(data.x_train[: 2 * lines])
     return x[0::2], x[1::2], data.y_train[: 2 * lines : 2].clone()
 
 
@@ -112,7 +112,8 @@ class ShatteredStudy(ArchGrid):
         model.to(device)
         x0, x1, logits = line_ends(data, self.lines)
         x0, x1 = x0.to(device), x1.to(device)
-        calibrated = calibrate_batchnorm(copy.deepcopy(model), data.x_train[:CALIBRATION_SAMPLES].to(device))
+        calibration = data.features(data.x_train[:CALIBRATION_SAMPLES].to(device))
+        calibrated = calibrate_batchnorm(copy.deepcopy(model), calibration)
         init = shattering(calibrated, x0, x1, logits, self.points, self.max_lag)
         values, history = train_cell(model, data, cell)
         if history.diverged:

@@ -158,12 +158,13 @@ class StabilityStudy(Study):
         device = resolve_device(cell.train.device)
         model.to(device)
         probe = self.probe
-        xs = data.x_train[: probe.samples].to(device)
+        xs = data.features(data.x_train[: probe.samples].to(device))
         x, y = gradient_batch(data, probe.grad_samples, device)
-        calibrated = calibrate_batchnorm(copy.deepcopy(model), data.x_train[:CALIBRATION_SAMPLES].to(device))
+        calibration = data.features(data.x_train[:CALIBRATION_SAMPLES].to(device))
+        calibrated = calibrate_batchnorm(copy.deepcopy(model), calibration)
         if any(isinstance(m, FrozenBatchNorm) for m in model.modules()):
             # training calibrates frozen statistics before every epoch; do so for the model it trains
-            calibrate_batchnorm(model, data.x_train[:CALIBRATION_SAMPLES].to(device), only=FrozenBatchNorm)
+            calibrate_batchnorm(model, calibration, only=FrozenBatchNorm)
         spectrum_init = probe_blocks(calibrated, xs, k=probe.eigenvalues, tol=probe.tol, seed=cell.train.seed)
         grads_init = gradient_norms(model, x, y)
         values, history = train_cell(model, data, cell)
