@@ -97,8 +97,9 @@ class TrainConfig:
 
     compile: bool = knob(
         False,
-        "Compile the training step's forward and backward with torch.compile (fixed-step solvers; adaptive "
-        "and adjoint blocks train eagerly, with a one-line notice). Compiled once per process per network shape.",
+        "Compile every solver step with torch.compile (fixed-step solvers; adaptive and adjoint blocks run "
+        "eagerly, with a one-line note). One graph per step shape, reused by every step and by later networks "
+        "of that shape in the process.",
     )
 
     def __post_init__(self) -> None:
@@ -190,18 +191,24 @@ class CompileNotice(UserWarning):
 
 
 def compile_model(model: nn.Module) -> nn.Module:
-    """``torch.compile(model)``, or ``model`` itself with a ``CompileNotice`` when a block cannot be traced.
+    """Compile every ODE block's step with ``torch.compile`` (``ODEBlock.compile_steps``); returns ``model``.
 
-    Fixed-step blocks unroll into one graph. An adaptive or adjoint block would break the
-    graph at every step (its loop reads values back on the host), so such a model runs
-    eagerly. Dynamo treats a module's parameters as graph inputs, so a second network of
-    the same shape (the next cell of a study) reuses the compiled code in this process.
+    Each fixed step becomes one graph, traced once per step shape and reused by every
+    step, block and later network of that shape in the process (a study's next cell).
+    Stem, transitions and head stay eager: in a deep network the steps are the work.
+    An adaptive or adjoint block would break the graph at every step (its loop reads
+    values back on the host), so a model with one runs eagerly, with a ``CompileNotice``.
+    For a whole-network graph, ``torch.compile(model)`` works too; it traces the
+    unrolled loop, so its compile time grows with depth.
     """
-    reasons = sorted({r for b in ode_blocks(model) if (r := b.compilable) is not None})
+    blocks = list(ode_blocks(model))
+    reasons = sorted({r for b in blocks if (r := b.compilable) is not None})
     if reasons:
         warnings.warn(f"--compile skipped, training eagerly: {'; '.join(reasons)}", CompileNotice, stacklevel=2)
         return model
-    return torch.compile(model)  # type: ignore[return-value]
+    for block in blocks:
+        block.compile_steps()
+    return model
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -296,7 +303,8 @@ def _train(
     data = data.to(device, dtype=dtype)
     if device.type == "cuda" and data.kind == "image":
         model.to(memory_format=torch.channels_last)
-    step_model = compile_model(model) if config.compile else model  # evaluation stays eager
+    if config.compile:
+        compile_model(model)
 
     n_batches = math.ceil(len(data.y_train) / config.batch_size)
     opt = _optimizer(model, config)
@@ -335,7 +343,7 @@ def _train(
                 if device.type == "cuda" and xb.dim() == 4:
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 with _autocast(device, config.precision):
-                    logits = step_model(xb)
+                    logits = model(xb)
                     loss = F.cross_entropy(logits.float(), yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

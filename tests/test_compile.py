@@ -9,6 +9,8 @@ import torch
 from click.testing import CliRunner
 from torch._dynamo.utils import counters
 
+from odenet.blocks import ode_blocks
+from odenet.errors import ConfigError
 from odenet.models import mlp_resnet
 from odenet.train import CompileNotice, compile_model
 from odenet_cli.main import main
@@ -23,7 +25,7 @@ def test_compiled_fixed_step_network_matches_eager_and_compiles_once_per_shape()
     x = torch.randn(16, 6, generator=torch.Generator().manual_seed(1))
     eager, twin = _net(), _net()
     compiled = compile_model(twin)
-    assert compiled is not twin
+    assert compiled is twin and all(b.compiled_steps for b in ode_blocks(twin))
     out_e, out_c = eager(x), compiled(x)
     torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-6)
     out_e.square().sum().backward()
@@ -33,10 +35,18 @@ def test_compiled_fixed_step_network_matches_eager_and_compiles_once_per_shape()
     block_e, block_c = eager.body[0], twin.body[0]
     assert (block_c.nfe_forward, block_c.nfe_backward) == (block_e.nfe_forward, block_e.nfe_backward) == (12, 12)
 
+    # one graph for all three steps (per-step weights are graph inputs), and the next cell
+    # of a study (new weights, same shapes) reuses it
     graphs = counters["stats"]["unique_graphs"]
-    another = compile_model(_net())  # the next cell of a study: new weights, same shapes
+    another = compile_model(_net())
     another(x).sum().backward()
-    assert counters["stats"]["unique_graphs"] == graphs  # reused, not compiled again
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_compile_steps_refuses_a_block_it_cannot_trace():
+    block = _net("dopri5").body[0]
+    with pytest.raises(ConfigError, match="adaptive"):
+        block.compile_steps()
 
 
 @pytest.mark.parametrize(
