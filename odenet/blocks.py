@@ -109,7 +109,9 @@ def resolve_memory(memory: str | None = None, adjoint: bool = False) -> Memory:
         )
     if adjoint and memory != "adjoint":
         raise ConfigError(
-            "adjoint=True asks for memory='adjoint' but {memory} was given: give one of the two", memory=memory
+            "{adjoint} is the older spelling of the adjoint memory mode, but {memory} was given: give one of the two",
+            adjoint=True,
+            memory=memory,
         )
     return memory  # type: ignore[return-value]
 
@@ -138,22 +140,23 @@ def check_solver_options(
         )
     if mode == "checkpoint" and method.adaptive:
         raise ConfigError(
-            "{memory} recomputes segments of fixed steps; {solver} is adaptive: use memory='adjoint' "
-            "for memory that does not grow with the number of steps, or backprop",
+            "{memory} recomputes segments of fixed steps; {solver} is adaptive: use the adjoint "
+            "memory mode for memory that does not grow with the number of steps, or backprop",
             memory=mode,
             solver=method.name,
         )
     if mode == "adjoint" and not residual:
         raise ConfigError(
-            "{memory} solves the ODE backwards in time; the plain twin (residual=False) is not an ODE "
-            "flow: use memory='checkpoint' to save memory with exact gradients",
+            "{memory} solves the ODE backwards in time; the plain twin {residual} is not an ODE "
+            "flow: use the checkpoint memory mode to save memory with exact gradients",
             memory=mode,
+            residual=False,
         )
     if mode == "adjoint" and projected:
         raise ConfigError(
             "{memory} solves the ODE backwards in time; a projection after every step (the "
-            "post-activation 'basic' block) is not an ODE flow: use the preact block, or "
-            "memory='checkpoint'",
+            "post-activation 'basic' block) is not an ODE flow: use the preact block, or the "
+            "checkpoint memory mode",
             memory=mode,
         )
     return mode
