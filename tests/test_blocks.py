@@ -247,7 +247,7 @@ def test_stiff_field_fails_with_a_clear_error_instead_of_hanging():
         (dict(solver="dopri5", rtol=0.0), ValueError, "rtol=0.0 is not a tolerance"),
         (dict(solver="dopri5", atol=-1.0), ValueError, "atol=-1.0 is not a tolerance"),
         (dict(solver="dopri5", residual=False), ValueError, "fixed-step solvers only"),
-        (dict(solver="rk4", adjoint=True), ValueError, "needs an adaptive solver"),
+        (dict(solver="dopri5", memory="checkpoint"), ValueError, "recomputes segments of fixed steps"),
         (dict(solver="rk4", projection=nn.ReLU()), ValueError, "solver='euler' only"),
     ],
 )

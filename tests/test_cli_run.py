@@ -79,7 +79,7 @@ def test_divergence_is_reported_not_raised(tmp_path):
             "--plain (the plain twin) drops the identity from each step "
             "and is defined for fixed-step solvers only; --solver dopri5 is adaptive",
         ),
-        (["--adjoint"], "--adjoint needs an adaptive solver"),
+        (["--adjoint", "--plain"], "--memory adjoint solves the ODE backwards in time; the plain twin --plain"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_no_traceback(args, fragment):
