@@ -360,7 +360,7 @@ class ODEBlock(nn.Module):
 
     # -- integration -------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
-        self.nfe_backward = 0
+        self._counts.backward = 0  # not the property: nn.Module.__setattr__ costs µs per call
         if self.method.adaptive:
             return self._adaptive(x)
         return self._fixed(x)
@@ -440,7 +440,7 @@ class ODEBlock(nn.Module):
             )
         else:
             x = self._run(x, range(self.steps), times)
-        self.nfe_forward = self.steps * len(self._stages)
+        self._counts.forward = self.steps * len(self._stages)
         if x.requires_grad:
             nfe = self.nfe_forward
             if torch.compiler.is_compiling():
