@@ -21,6 +21,7 @@ Euler only.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 from collections.abc import Callable, Iterator
@@ -432,8 +433,16 @@ class ODEBlock(nn.Module):
         times = self._time_table(x)
         differentiated = torch.is_grad_enabled() and (x.requires_grad or _any_requires_grad(self))
         if self.memory == "checkpoint" and differentiated:
+            h = self.step_size
             for steps in self.segments():
-                x = checkpoint(self._run, x, steps, times, use_reentrant=False, context_fn=self._recompute_context)
+                fields = {id(f): f for f in (self._field_for_step(n * h) for n in steps)}.values()
+                # The forward pass runs as usual; the recomputation in the backward pass
+                # normalises with the same batch statistics but must not update the
+                # running ones a second time.
+                norms = [m for f in fields if isinstance(f, nn.Module) for m in _batch_norms(f)]
+                recompute = functools.partial(_recompute_context, norms)
+                segment_times = times[steps.start : steps.stop]  # only the segment's: torch flattens its inputs
+                x = checkpoint(self._run, x, steps, segment_times, use_reentrant=False, context_fn=recompute)
         elif self.memory == "adjoint" and differentiated:
             x = solve_fixed_adjoint(
                 x, self._pieces(), self._stages, self._weights, self.step_size, self.rtol, self.atol
@@ -456,10 +465,11 @@ class ODEBlock(nn.Module):
         return x
 
     def _run(self, x: Tensor, steps: range, times: list[tuple[Tensor, ...]]) -> Tensor:
+        """Steps ``steps`` from x; ``times[i]`` holds the stage times of the i-th of them."""
         h = self.step_size
         advance = _compiled_advance() if self.compiled_steps else ODEBlock._advance
-        for n in steps:
-            x = advance(self, self._field_for_step(n * h), times[n], x)
+        for n, stage_times in zip(steps, times, strict=True):
+            x = advance(self, self._field_for_step(n * h), stage_times, x)
         return x
 
     def compile_steps(self, enabled: bool = True) -> ODEBlock:
@@ -489,13 +499,6 @@ class ODEBlock(nn.Module):
         count = max(1, round(math.sqrt(self.steps)))
         size = math.ceil(self.steps / count)
         return [range(start, min(start + size, self.steps)) for start in range(0, self.steps, size)]
-
-    def _recompute_context(
-        self,
-    ) -> tuple[contextlib.AbstractContextManager[None], contextlib.AbstractContextManager[None]]:
-        # The forward pass runs as usual; the recomputation in the backward pass normalises
-        # with the same batch statistics but must not update the running ones a second time.
-        return contextlib.nullcontext(), _running_stats_frozen(self)
 
     def _pieces(self) -> list[tuple[float, float, nn.Module]]:
         """(t0, t1, field) intervals on which the field is smooth in t.
@@ -561,9 +564,24 @@ def _any_requires_grad(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
 
+def _batch_norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The batch norms in ``module`` that update running statistics in this pass."""
+    return [
+        m for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]  # fmt: skip
+
+
+def _recompute_context(
+    norms: list[nn.modules.batchnorm._BatchNorm],
+) -> tuple[contextlib.AbstractContextManager[None], contextlib.AbstractContextManager[None]]:
+    """``torch.utils.checkpoint``'s (forward, recompute) contexts for a segment with ``norms``."""
+    return contextlib.nullcontext(), _running_stats_kept(norms)
+
+
 @contextlib.contextmanager
-def _running_stats_frozen(module: nn.Module) -> Iterator[None]:
-    """Batch norms in ``module`` keep the running statistics they had on entry.
+def _running_stats_kept(norms: list[nn.modules.batchnorm._BatchNorm]) -> Iterator[None]:
+    """The batch norms ``norms`` keep the running statistics they had on entry.
 
     The recomputation normalises with the batch's statistics exactly as the forward pass
     did (so it saves the same tensors), and its second update of running_mean/var and
@@ -571,8 +589,7 @@ def _running_stats_frozen(module: nn.Module) -> Iterator[None]:
     """
     saved = [
         (buffer, buffer.clone())
-        for m in module.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+        for m in norms
         for buffer in (m.running_mean, m.running_var, m.num_batches_tracked)
         if buffer is not None
     ]
