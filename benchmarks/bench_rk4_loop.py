@@ -1,221 +1,230 @@
-"""Fixed-step loop speed: odenet's rk4 ``ODEBlock`` vs ``torchdiffeq.odeint(method="rk4")``.
+"""Fixed-step loop speed: odenet's own loop vs torchdiffeq's (and torchode's) on one MLP field.
 
-Compared: integrating the same small MLP field F(t, x) = Linear(64→32)(tanh(Linear(32→64)(x)))
-(batch 128) over [0, 1] with 100 steps of h = 0.01 (400 field evaluations each) by
+Two benchmarks, each in two modes (forward under ``torch.no_grad()``; forward + backward
+into the field's parameters), on F(t, x) = Linear(64→32)(tanh(Linear(32→64)(x))),
+batch 128, over [0, 1]:
 
-* ``odenet.ODEBlock(field, solver="rk4", steps=100, step_size=0.01)`` — odenet's own
-  fixed-step loop (Python-float coefficients and times, no host syncs), and
-* ``torchdiffeq.odeint(field, x, torch.tensor([0.0, 1.0]), method="rk4",
-  options={"step_size": 0.01})``,
+``rk4-loop``: 100 steps of h = 0.01 (400 field evaluations per solve)
 
-once forward only under ``torch.no_grad()`` and once forward + backward (backpropagation
-through the solver into the field's parameters). After warm-up the solvers alternate call
-by call (order flipped every round); the median of each is reported with
-speedup = torchdiffeq median / odenet median (target >= 1.5).
+* ``odenet rk4``: ``ODEBlock(field, "rk4", steps=100, step_size=0.01)``, classic RK4;
+* ``odenet rk38``: the same with Kutta's 3/8 rule, the like-for-like method, because
+* ``torchdiffeq rk4`` (the reference): ``odeint(field, x, [0, 1], method="rk4",
+  options={"step_size": 0.01})`` is the 3/8 rule (``rk4_alt_step_func``);
+* ``torchode rk4``: classic RK4 as a torchode user tableau, ``FixedStepController``
+  (torchode ships no RK4);
+* ``odenet rk4 (compiled)``: ``torch.compile`` of the odenet block (compile time
+  reported apart, not timed).
 
-Note: torchdiffeq's fixed-step "rk4" is Kutta's 3/8 rule (``rk4_alt_step_func``), which
-is odenet's ``rk38``, not the classic RK4 that odenet calls ``rk4``. Both have four stages,
-so they cost the same four field evaluations per step (the 3/8 rule needs three more
-axpy-style tensor updates per step). The script therefore also checks that odenet's
-``solver="rk38"`` output matches torchdiffeq's "rk4" output to ~1e-6 in float32 (and prints
-the max abs difference) — the two do the same arithmetic work. At h = 0.01 classic RK4
-lands within float32 rounding too, so the check is repeated in float64, where rk38 matches
-torchdiffeq to ~1e-15 and classic RK4 does not (~1e-13). odenet's rk38 is also timed
-against torchdiffeq: the like-for-like comparison.
+``heun-loop``: 200 steps of h = 0.005 (400 evaluations): odenet ``heun`` vs torchdiffeq
+``heun2`` (the reference) vs torchode ``Heun``; all three are the same method.
 
-Run:
-    python benchmarks/bench_rk4_loop.py
-    python benchmarks/bench_rk4_loop.py --repeats 100 --threads 1
+Ratio = torchdiffeq median / contender median: the speed-up over torchdiffeq; target for
+odenet rk4 ≥ 1.5 (eager or compiled). Before timing, each case checks that contenders
+doing the same method agree (float32 rounding; float64 to 1e-12, which tells the 3/8 rule
+from classic RK4) and that every contender makes the same number of field evaluations.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import os
-import platform
-import statistics
-import time
+import functools
 from collections.abc import Callable
+from typing import Any
 
 import torch
-from timing import NOISY, load_average, spread, sync
 from torch import Tensor, nn
 from torchdiffeq import odeint
 
-import odenet
+from benchmarks.common import (
+    MLP,
+    TORCHODE_MISSING,
+    Solve,
+    agree,
+    count_evaluations,
+    forward,
+    forward_backward,
+    gradients,
+    relative_difference,
+    torchode,
+    torchode_fixed,
+)
+from benchmarks.suite import Case, Contender, Options
 from odenet import ODEBlock
 
 TARGET = 1.5
-# float32, relative to the solution's size: 100 steps of rounding in a different operation
-# order (odenet fuses each multiply-add) stay within a few 1e-6; float64 below is decisive.
-MATCH_TOL = 1e-5
+# float32, relative to the solution's size: a different operation order (odenet fuses each
+# multiply-add) over 100 steps stays within a few 1e-6; float64 below is decisive.
+MATCH = 1e-5
+MATCH_GRAD = 1e-4
+MATCH64 = 1e-12
 
 
-class MLP(nn.Module):
-    """Linear(d, hidden)–tanh–Linear(hidden, d) with the torchdiffeq signature forward(t, x)."""
-
-    def __init__(self, features: int = 32, hidden: int = 64) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(features, hidden)
-        self.fc2 = nn.Linear(hidden, features)
-
-    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
-        return self.fc2(torch.tanh(self.fc1(x)))
+def _sizes(options: Options, steps: int) -> dict[str, int]:
+    if options.quick:
+        return {"batch": 16, "features": 8, "hidden": 16, "steps": steps // 10, "repeats": 2, "warmup": 1}
+    return {"batch": 128, "features": 32, "hidden": 64, "steps": steps, "repeats": 50, "warmup": 5}
 
 
-def race(
-    fns: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device
-) -> dict[str, list[float]]:
-    """Warm up, then call the functions alternately (order flipped each round); times in s."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    order = list(fns)
-    for i in range(repeats):
-        for name in order if i % 2 == 0 else order[::-1]:
-            sync(device)
-            start = time.perf_counter()
-            fns[name]()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
-    return times
+def _solvers(
+    field: nn.Module, odenet_methods: dict[str, str], tdq: tuple[str, str], torchode_method: tuple[str, str], steps: int
+) -> tuple[dict[str, Solve], list[tuple[str, str]]]:
+    """Name → solve x ↦ x(1), and the contenders skipped here."""
+    h = 1.0 / steps
+    solves: dict[str, Solve] = {
+        name: ODEBlock(field, method, steps=steps, step_size=h) for name, method in odenet_methods.items()
+    }
+    tdq_name, tdq_method = tdq
+
+    def torchdiffeq_solve(x: Tensor) -> Tensor:
+        t = torch.tensor([0.0, 1.0], device=x.device)
+        return odeint(field, x, t, method=tdq_method, options={"step_size": h})[-1]
+
+    solves[tdq_name] = torchdiffeq_solve
+    skipped = []
+    name, method = torchode_method
+    if torchode is None:
+        skipped.append((name, TORCHODE_MISSING))
+    else:
+        solves[name] = torchode_fixed(field, method, steps)
+    return solves, skipped
 
 
-def report(title: str, times: dict[str, list[float]], reference: str = "torchdiffeq") -> dict[str, float]:
-    print(title)
-    med = {name: statistics.median(ts) for name, ts in times.items()}
-    for name, ts in times.items():
-        q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
-        print(
-            f"  {name:>18}: median {med[name] * 1e3:7.2f} ms  (min {min(ts) * 1e3:.2f}, "
-            f"quartiles {q[0] * 1e3:.2f}–{q[2] * 1e3:.2f}, n={len(ts)})"
+def _fixed_cases(
+    options: Options,
+    benchmark: str,
+    steps: int,
+    stages: int,
+    odenet_methods: dict[str, str],
+    tdq: tuple[str, str],
+    torchode_method: tuple[str, str],
+    same_method: list[tuple[str, str]],
+    compiled: str | None,
+    targets: dict[str, float],
+    notes: dict[str, str],
+) -> list[Case]:
+    n = _sizes(options, steps)
+    device = options.torch_device
+    field = MLP(n["features"], n["hidden"]).to(device)
+    x = torch.randn(n["batch"], n["features"], device=device)
+    solves, skipped = _solvers(field, odenet_methods, tdq, torchode_method, n["steps"])
+    reference = tdq[0]
+    traced: set[str] = set()  # contenders whose field runs inside a compiled graph
+    if compiled is not None:
+        eager = next(iter(odenet_methods))
+        steps_name = f"{eager} (compile_steps)"
+        if options.compile:
+            solves[compiled] = torch.compile(solves[eager], backend=options.compile_backend)
+            # odenet's own compile=True path: one graph per step, reused by all steps
+            solves[steps_name] = ODEBlock(field, odenet_methods[eager], steps=n["steps"], step_size=1.0 / n["steps"])
+            solves[steps_name].compile_steps()  # type: ignore[union-attr]
+            traced = {compiled, steps_name}
+        else:
+            skipped.append((compiled, "left out (--no-compile)"))
+            skipped.append((steps_name, "left out (--no-compile)"))
+    pairs = [(a, b) for a, b in same_method if a in solves and b in solves]
+    pairs += [(name, next(iter(odenet_methods))) for name in sorted(traced)]
+    evaluations: dict[str, int] = {}
+
+    def check_forward() -> dict[str, Any]:
+        with torch.no_grad():
+            outs = {name: s(x) for name, s in solves.items()}
+            for name, s in solves.items():
+                if name not in traced:  # a compiled graph does not call the module's hooks
+                    evaluations[name] = count_evaluations(field, functools.partial(s, x))
+        info = agree(outs, [(a, b, MATCH) for a, b in pairs], "float32")
+        assert set(evaluations.values()) == {n["steps"] * stages}, f"field evaluations per solve: {evaluations}"
+        info["field evaluations per solve"] = evaluations
+        # float64 tells the methods apart: same-method pairs agree to rounding.
+        field64 = copy.deepcopy(field).double()
+        solves64, _ = _solvers(field64, odenet_methods, tdq, torchode_method, n["steps"])
+        with torch.no_grad():
+            outs64 = {name: s(x.double()) for name, s in solves64.items()}
+        info.update(agree(outs64, [(a, b, MATCH64) for a, b in pairs if a not in traced], "float64"))
+        # Across methods (classic RK4 vs the 3/8 rule) the difference is the methods' own.
+        info["float64 max|contender − reference|/max|reference|"] = {
+            name: float(f"{relative_difference(out, outs64[reference]):.3g}")
+            for name, out in outs64.items()
+            if name != reference
+        }
+        return info
+
+    def check_backward() -> dict[str, Any]:
+        grads = {name: gradients(s, x, field) for name, s in solves.items()}
+        return agree(grads, [(a, b, MATCH_GRAD) for a, b in pairs], "gradient")
+
+    def contenders(make: Callable[[Solve], Callable[[], object]]) -> tuple[Contender, ...]:
+        return tuple(
+            Contender(name, make(s), compiled=name in traced, nfe=n["steps"] * stages, note=notes.get(name, ""))
+            for name, s in solves.items()
         )
-    speedups = {}
-    for name, ts in times.items():
-        if name != reference:
-            speedups[name] = med[reference] / med[name]
-            fastest = min(times[reference]) / min(ts)
-            paired = statistics.median(r / o for r, o in zip(times[reference], ts, strict=True))
-            print(
-                f"  speedup ({reference} / {name}) = {speedups[name]:.2f}  "
-                f"(ratio of minima {fastest:.2f}, median paired ratio {paired:.2f})"
-            )
-    noisy = [name for name, ts in times.items() if spread(ts) > NOISY]
-    if noisy:
-        print(
-            f"  WARNING: noisy timings for {', '.join(noisy)} (upper/lower quartile > {NOISY}): another "
-            "process was probably competing for the cores; rerun on an idle machine"
-        )
-    return speedups
+
+    mlp = f"MLP {n['features']}→{n['hidden']}→{n['features']}"
+    description = f"{n['steps']} fixed steps over [0, 1], {mlp}, batch {n['batch']}"
+    return [
+        Case(
+            benchmark,
+            "forward",
+            description + ", torch.no_grad()",
+            reference,
+            contenders(lambda s: forward(s, x)),
+            n["repeats"],
+            n["warmup"],
+            {name: t for name, t in targets.items() if name in solves},
+            check_forward,
+            tuple(skipped),
+        ),
+        Case(
+            benchmark,
+            "forward+backward",
+            description + ", backpropagation into the field's parameters",
+            reference,
+            contenders(lambda s: forward_backward(s, x, field)),
+            n["repeats"],
+            n["warmup"],
+            {name: t for name, t in targets.items() if name in solves},
+            check_backward,
+            tuple(skipped),
+        ),
+    ]
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=100, help="solver steps over [0, 1] (default 100, h = 0.01)")
-    parser.add_argument("--repeats", type=int, default=50, help="timed calls per solver and mode (default 50)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed calls per solver first (default 5)")
-    parser.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
-    parser.add_argument("--features", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    for name in ("steps", "repeats", "batch_size", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.warmup < 0:
-        parser.error("--warmup must be at least 0")
-
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda asked for but CUDA is not available")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-
-    field = MLP(args.features, args.hidden).to(device)
-    x = torch.randn(args.batch_size, args.features, device=device)
-    h = 1.0 / args.steps
-    t = torch.tensor([0.0, 1.0], device=device)
-    rk4 = ODEBlock(field, solver="rk4", steps=args.steps, step_size=h)
-    rk38 = ODEBlock(field, solver="rk38", steps=args.steps, step_size=h)
-
-    def tdq(y0: Tensor) -> Tensor:
-        return odeint(field, y0, t, method="rk4", options={"step_size": h})[-1]
-
-    print(
-        f"odenet {odenet.__version__}, torch {torch.__version__}, {platform.machine()} "
-        f"{platform.processor() or platform.system()}, device {device}, threads {torch.get_num_threads()}, "
-        f"{os.cpu_count()} cores, load average {load_average()}"
-    )
-    print(
-        f"MLP field {args.features}→{args.hidden}→{args.features} (tanh), batch {args.batch_size}, "
-        f"{args.steps} steps of h = {h:g} over [0, 1]"
+def rk4_cases(options: Options) -> list[Case]:
+    """odenet rk4 / rk38 / compiled rk4 vs torchdiffeq rk4 (3/8 rule) vs torchode classic RK4."""
+    compiled = "odenet rk4 (compiled)"
+    return _fixed_cases(
+        options,
+        "rk4-loop",
+        100,
+        4,
+        {"odenet rk4": "rk4", "odenet rk38": "rk38"},
+        ("torchdiffeq rk4", "rk4"),
+        ("torchode rk4", "rk4"),
+        same_method=[("odenet rk38", "torchdiffeq rk4"), ("torchode rk4", "odenet rk4")],
+        compiled=compiled,
+        targets={"odenet rk4": TARGET, compiled: TARGET, "odenet rk4 (compile_steps)": TARGET},
+        notes={
+            "odenet rk4": "classic RK4",
+            "odenet rk38": "Kutta's 3/8 rule: torchdiffeq's rk4",
+            "torchdiffeq rk4": "Kutta's 3/8 rule (rk4_alt_step_func)",
+            "torchode rk4": "classic RK4 as a torchode user tableau (torchode 1.0 ships no RK4)",
+            compiled: "torch.compile(ODEBlock(field, 'rk4', …)): the unrolled loop as one graph",
+            "odenet rk4 (compile_steps)": "ODEBlock(...).compile_steps(), what compile=True does: one graph per step",
+        },
     )
 
-    # Same work: count field evaluations and compare rk38 with torchdiffeq's rk4 (3/8 rule).
-    # (The evaluation counter is a hook that is removed before timing.)
-    calls = [0]
-    counter = field.register_forward_pre_hook(lambda module, inputs: calls.__setitem__(0, calls[0] + 1))
-    evals, outs = {}, {}
-    with torch.no_grad():
-        for name, fn in (("odenet rk4", rk4), ("odenet rk38", rk38), ("torchdiffeq", tdq)):
-            calls[0] = 0
-            outs[name] = fn(x)
-            evals[name] = calls[0]
-    counter.remove()
-    assert len(set(evals.values())) == 1, f"different numbers of field evaluations: {evals}"
-    scale = outs["torchdiffeq"].abs().max().item()
-    match = (outs["odenet rk38"] - outs["torchdiffeq"]).abs().max().item() / scale
-    classic = (outs["odenet rk4"] - outs["torchdiffeq"]).abs().max().item() / scale
-    print(f"field evaluations per solve: {evals['torchdiffeq']} (each solver)")
-    print(f"max |odenet rk38 − torchdiffeq rk4| / max |x| = {match:.2e}  (float32 rounding)")
-    print(f"max |odenet rk4  − torchdiffeq rk4| / max |x| = {classic:.2e}  (classic RK4 vs the 3/8 rule)")
-    assert match < MATCH_TOL, f"odenet rk38 and torchdiffeq rk4 differ by {match:g}"
-    # At h = 0.01 the 3/8 rule and classic RK4 also agree to float32 rounding (both are
-    # O(h⁴) accurate), so float32 cannot tell them apart; float64 can.
-    field64 = copy.deepcopy(field).double()
-    x64, t64 = x.double(), t.double()
-    with torch.no_grad():
-        ref64 = odeint(field64, x64, t64, method="rk4", options={"step_size": h})[-1]
-        match64 = (ODEBlock(field64, "rk38", steps=args.steps, step_size=h)(x64) - ref64).abs().max().item()
-        classic64 = (ODEBlock(field64, "rk4", steps=args.steps, step_size=h)(x64) - ref64).abs().max().item()
-    print(
-        f"float64: max |odenet rk38 − torchdiffeq rk4| = {match64:.1e}, "
-        f"max |odenet rk4 − torchdiffeq rk4| = {classic64:.1e}"
+
+def heun_cases(options: Options) -> list[Case]:
+    """odenet heun vs torchdiffeq heun2 vs torchode Heun: one method, three loops."""
+    return _fixed_cases(
+        options,
+        "heun-loop",
+        200,
+        2,
+        {"odenet heun": "heun"},
+        ("torchdiffeq heun2", "heun2"),
+        ("torchode heun", "heun"),
+        same_method=[("odenet heun", "torchdiffeq heun2"), ("torchode heun", "torchdiffeq heun2")],
+        compiled=None,
+        targets={},
+        notes={},
     )
-    assert match64 < 1e-12, f"odenet rk38 and torchdiffeq rk4 differ by {match64:g} in float64"
-
-    def forward(fn: Callable[[Tensor], Tensor]) -> Callable[[], Tensor]:
-        def run() -> Tensor:
-            with torch.no_grad():
-                return fn(x)
-
-        return run
-
-    def forward_backward(fn: Callable[[Tensor], Tensor]) -> Callable[[], None]:
-        def run() -> None:
-            field.zero_grad(set_to_none=True)
-            fn(x).square().mean().backward()
-
-        return run
-
-    solvers = {"torchdiffeq": tdq, "odenet rk4": rk4, "odenet rk38": rk38}
-    fwd = report(
-        "forward only (torch.no_grad):",
-        race({k: forward(fn) for k, fn in solvers.items()}, args.repeats, args.warmup, device),
-    )
-    bwd = report(
-        "forward + backward:",
-        race({k: forward_backward(fn) for k, fn in solvers.items()}, args.repeats, args.warmup, device),
-    )
-    print(f"load average after the run: {load_average()}")
-    print(f"speedup forward (torchdiffeq / odenet rk4) = {fwd['odenet rk4']:.2f}  (target >= {TARGET})")
-    print(f"speedup forward+backward (torchdiffeq / odenet rk4) = {bwd['odenet rk4']:.2f}  (target >= {TARGET})")
-    return {"forward": fwd["odenet rk4"], "forward_backward": bwd["odenet rk4"]}
-
-
-if __name__ == "__main__":
-    main()
