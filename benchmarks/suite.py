@@ -305,8 +305,45 @@ def readme_section(table: dict[str, Any]) -> str:
         )
     for s in table["skipped"]:
         lines.append(f"| {s['benchmark']} | {s['case']} | {s['contender']} | | skipped: {s['reason']} | | | |")
+    lines += memory_section(table.get("memory"))
     lines += ["", README_END]
     return "\n".join(lines)
+
+
+def memory_section(memory: dict[str, Any] | None) -> list[str]:
+    """README lines for the memory benchmark: per model and mode, the largest N and the growth slope."""
+    if not memory or not memory.get("records"):
+        return []
+    records = [r for r in memory["records"] if isinstance(r, dict) and r.get("status") == "ok"]
+    slopes = {(f["model"], f["mode"]): f for f in memory.get("slopes", [])}
+    lines = [
+        "",
+        "Peak memory of one training step (forward, loss, backward, SGD step) against the number of "
+        "solver steps N, per memory mode: step RSS is the child process's peak resident memory above "
+        "its RSS before the step; saved is what autograd holds for backward (exact, but blind to a "
+        "checkpointed segment while it is recomputed). Slope: least-squares exponent of step RSS in N "
+        "(1 linear, 0.5 square root, 0 flat).",
+        "",
+        "| model | mode | N | step RSS at largest N | saved at largest N | s/step at largest N "
+        "| RSS slope (all N / 3 largest) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key in dict.fromkeys((r["model"], r["mode"]) for r in records):
+        rows = sorted((r for r in records if (r["model"], r["mode"]) == key), key=lambda r: r["steps"])
+        last, fit = rows[-1], slopes.get(key, {})
+        top3 = fit.get("slope_top3")
+        slope = (
+            f"{fit['slope_all']:.2f} / {top3:.2f}"
+            if fit and top3 is not None
+            else (f"{fit['slope_all']:.2f}" if fit else "")
+        )
+        lines.append(
+            f"| {key[0]} | {key[1]} | {rows[0]['steps']}–{last['steps']} | {last['memory_bytes'] / 2**20:.1f} MiB "
+            f"| {last['saved_bytes'] / 2**20:.1f} MiB | {last['step_time_s']:.3g} | {slope} |"
+        )
+    if memory.get("figure"):
+        lines += ["", f"![Memory and time per training step against depth, per memory mode]({memory['figure']})"]
+    return lines
 
 
 def rewrite_readme(readme: Path, table: dict[str, Any]) -> None:
