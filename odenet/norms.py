@@ -49,9 +49,7 @@ NORMS: tuple[str, ...] = ("auto", "batch", "frozen_batch", "group", "none")
 CALIBRATION_SAMPLES = 1024
 
 
-def resolve_norm(
-    norm: str, *, adaptive: bool, autonomous: bool, adjoint: bool = False, default: str = "batch"
-) -> str:
+def resolve_norm(norm: str, *, adaptive: bool, autonomous: bool, adjoint: bool = False, default: str = "batch") -> str:
     """The normalisation a field gets: ``norm`` itself unless it is ``"auto"``.
 
     ``"auto"`` is ``default`` (batch for conv nets, none for MLPs), except that batch norm

@@ -20,6 +20,7 @@ from odenet.models import mlp_resnet
 
 FLOAT32 = 4  # bytes
 
+
 @pytest.fixture(scope="module")
 def records() -> list[dict]:
     return bench.measure(quick=True)
