@@ -341,6 +341,12 @@ def memory_section(memory: dict[str, Any] | None) -> list[str]:
             f"| {key[0]} | {key[1]} | {rows[0]['steps']}–{last['steps']} | {last['memory_bytes'] / 2**20:.1f} MiB "
             f"| {last['saved_bytes'] / 2**20:.1f} MiB | {last['step_time_s']:.3g} | {slope} |"
         )
+    added = memory.get("added")
+    if added:
+        lines += [
+            "",
+            f"Added to this table on {added['date']}: {added['what']}, by `{added['command']}`; {added['note']}.",
+        ]
     if memory.get("figure"):
         lines += ["", f"![Memory and time per training step against depth, per memory mode]({memory['figure']})"]
     return lines

@@ -108,7 +108,8 @@ def test_the_contenders_agree_before_they_are_timed(quick):
     # odenet's classic rk4 reproduces torchode's classic RK4; across the two methods the
     # difference is the methods' own, orders of magnitude above rounding.
     assert rk4["float64 max|odenet rk38 − torchdiffeq rk4|/max|torchdiffeq rk4|"] < 1e-12
-    assert rk4["float64 max|torchode rk4 − odenet rk4|/max|odenet rk4|"] < 1e-12
+    if table["meta"]["torchode"] is not None:  # an optional contender (the 'bench' extra)
+        assert rk4["float64 max|torchode rk4 − odenet rk4|/max|odenet rk4|"] < 1e-12
     assert rk4["float64 max|contender − reference|/max|reference|"]["odenet rk4"] > 1e-11
     assert set(rk4["field evaluations per solve"].values()) == {40}  # 10 steps × 4 stages
     assert set(checks[("heun-loop", "forward")]["field evaluations per solve"].values()) == {40}  # 20 × 2
