@@ -15,9 +15,9 @@ by O(h^p) for a smooth field, and by more where the backward reconstruction is u
 
 A field with one weight set per step is solved one step per ``odeint_adjoint`` call,
 each with its own parameters: one call over all N steps would carry the adjoints of all
-N weight sets in its state, O(N·P) work per evaluation. Each call stores its end state,
-so per-step weights cost one state per step; a shared-weight field costs nothing per
-step.
+N weight sets in its state, O(N·P) work per evaluation. Each call keeps its solution at
+both ends for the backward pass, so per-step weights cost two states per step; a
+shared-weight field costs nothing per step.
 
 The solver class registered here (``"odenet_fixed"``) is one of the two places that
 know torchdiffeq's internals; the other is ``odenet.adaptive``.

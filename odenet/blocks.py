@@ -190,7 +190,7 @@ class ODEBlock(nn.Module):
         which differs from the discrete network's by O(h^p) and more where the backward
         reconstruction of the state is unstable (Gholami et al. 2019, ANODE). One solve
         per weight set: a shared-weight field stores nothing per step, per-step weights
-        store one state per step (not the activations inside the field).
+        store two states per step (not the activations inside the field).
     adjoint: ``True`` is the older spelling of ``memory="adjoint"``.
     residual: ``False`` drops the identity (the plain twin), fixed-step solvers only.
     projection: a module applied after every step (Euler only), e.g. ``nn.ReLU()``.
