@@ -63,7 +63,6 @@ class _TableauGrid(FixedGridODESolver):  # type: ignore[misc]
         def grid(func: Any, y0: Tensor, t: Tensor) -> Tensor:
             return torch.linspace(t[0], t[-1], steps + 1, dtype=t.dtype, device=t.device)
 
-        kwargs.pop("step_size", None)
         super().__init__(func, y0, grid_constructor=grid, **kwargs)
 
     def _step_func(self, func: Any, t0: Tensor, dt: Tensor, t1: Tensor, y0: Tensor) -> tuple[Tensor, Tensor]:

@@ -36,6 +36,7 @@ from odenet.adaptive import Counts, SolverError, Tolerances, shape_error, solve
 from odenet.adjoint import solve_fixed_adjoint
 from odenet.depth import StepwiseField
 from odenet.errors import NAME_ONLY, ConfigError
+from odenet.norms import running_stats_kept
 from odenet.solvers import Method, get_method
 from odenet.tableaus import ButcherTableau
 
@@ -335,14 +336,13 @@ class ODEBlock(nn.Module):
         """
         steps = check_steps(self.steps if steps is None else steps)
         method = get_method(self.method if solver is None else solver)
-        if memory is None and adjoint is None:
-            memory = self.memory
-            if (memory == "checkpoint" and method.adaptive) or (
-                memory == "adjoint" and self.method.adaptive and not method.adaptive
-            ):
+        if memory is None:
+            if adjoint is not None:
+                memory = "adjoint" if adjoint else ("backprop" if self.memory == "adjoint" else self.memory)
+            elif self.memory == "adjoint" and self.method.adaptive and not method.adaptive:
                 memory = "backprop"
-        elif memory is None:
-            memory = "adjoint" if adjoint else ("backprop" if self.memory == "adjoint" else self.memory)
+            else:
+                memory = self.memory
             if memory == "checkpoint" and method.adaptive:
                 memory = "backprop"
         return ODEBlock(
@@ -352,7 +352,6 @@ class ODEBlock(nn.Module):
             step_size=self.horizon / steps,
             rtol=self.rtol if rtol is None else rtol,
             atol=self.atol if atol is None else atol,
-            adjoint=bool(adjoint) and memory == "adjoint",
             residual=self.residual,
             projection=self.projection,
             max_steps=self.max_steps if max_steps is None else max_steps,
@@ -439,8 +438,8 @@ class ODEBlock(nn.Module):
                 # The forward pass runs as usual; the recomputation in the backward pass
                 # normalises with the same batch statistics but must not update the
                 # running ones a second time.
-                norms = [m for f in fields if isinstance(f, nn.Module) for m in _batch_norms(f)]
-                recompute = functools.partial(_recompute_context, norms)
+                modules = [f for f in fields if isinstance(f, nn.Module)]
+                recompute = functools.partial(_recompute_contexts, modules)
                 segment_times = times[steps.start : steps.stop]  # only the segment's: torch flattens its inputs
                 x = checkpoint(self._run, x, steps, segment_times, use_reentrant=False, context_fn=recompute)
         elif self.memory == "adjoint" and differentiated:
@@ -550,55 +549,21 @@ def _check_signature(field: Any) -> None:
         )
 
 
-_COMPILED_ADVANCE: list[Callable[..., Tensor]] = []
-
-
+@functools.cache
 def _compiled_advance() -> Callable[..., Tensor]:
     """``ODEBlock._advance`` under ``torch.compile``, made once per process."""
-    if not _COMPILED_ADVANCE:
-        _COMPILED_ADVANCE.append(torch.compile(ODEBlock._advance))
-    return _COMPILED_ADVANCE[0]
+    return torch.compile(ODEBlock._advance)
 
 
 def _any_requires_grad(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
 
-def _batch_norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """The batch norms in ``module`` that update running statistics in this pass."""
-    return [
-        m for m in module.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
-    ]  # fmt: skip
-
-
-def _recompute_context(
-    norms: list[nn.modules.batchnorm._BatchNorm],
+def _recompute_contexts(
+    modules: list[nn.Module],
 ) -> tuple[contextlib.AbstractContextManager[None], contextlib.AbstractContextManager[None]]:
-    """``torch.utils.checkpoint``'s (forward, recompute) contexts for a segment with ``norms``."""
-    return contextlib.nullcontext(), _running_stats_kept(norms)
-
-
-@contextlib.contextmanager
-def _running_stats_kept(norms: list[nn.modules.batchnorm._BatchNorm]) -> Iterator[None]:
-    """The batch norms ``norms`` keep the running statistics they had on entry.
-
-    The recomputation normalises with the batch's statistics exactly as the forward pass
-    did (so it saves the same tensors), and its second update of running_mean/var and
-    num_batches_tracked is undone on exit by copying the entry values back.
-    """
-    saved = [
-        (buffer, buffer.clone())
-        for m in norms
-        for buffer in (m.running_mean, m.running_var, m.num_batches_tracked)
-        if buffer is not None
-    ]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buffer, value in saved:
-                buffer.copy_(value)
+    """``torch.utils.checkpoint``'s (forward, recompute) contexts for a segment of ``modules``."""
+    return contextlib.nullcontext(), running_stats_kept(modules)
 
 
 def ode_blocks(model: nn.Module) -> Iterator[ODEBlock]:

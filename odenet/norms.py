@@ -26,6 +26,8 @@ batch-norm variant whose field stays one function.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -40,6 +42,7 @@ __all__ = [
     "calibrate_batchnorm",
     "make_norm",
     "resolve_norm",
+    "running_stats_kept",
 ]
 
 Norm = Literal["auto", "batch", "frozen_batch", "group", "none"]
@@ -101,6 +104,31 @@ def make_norm(kind: str, channels: int, dims: int = 2) -> nn.Module:
 
 
 @torch.no_grad()
+@contextmanager
+def running_stats_kept(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """The batch norms inside ``modules`` keep, on exit, the running statistics they had on entry.
+
+    Inside, they normalise as usual (with batch statistics in training mode) and update
+    running_mean/var and num_batches_tracked; on exit those are copied back. Checkpointed
+    blocks recompute a segment this way in the backward pass: the recomputation saves the
+    same tensors as the forward pass did, and the statistics are updated once, not twice.
+    """
+    saved = [
+        (buffer, buffer.clone())
+        for module in modules
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+        for buffer in (m.running_mean, m.running_var, m.num_batches_tracked)
+        if buffer is not None
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
 def calibrate_batchnorm(
     model: nn.Module, x: Tensor, batch_size: int = 256, only: type[nn.Module] = nn.modules.batchnorm._BatchNorm
 ) -> nn.Module:
